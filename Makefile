@@ -1,0 +1,37 @@
+# The two commands of the README: `make serve` and `make test`. Each creates .venv itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+UPLOAD_DIR ?= ./uploads
+
+.PHONY: serve test check lint typecheck pytest clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[serve,test,dev]'
+	touch $@
+
+serve: $(VENV)/.installed
+	$(BIN)/bits-wsgi serve $(UPLOAD_DIR) --host $(HOST) --port $(PORT)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check bits_wsgi tests examples
+	$(BIN)/ruff format --check bits_wsgi tests examples
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy
+
+pytest: $(VENV)/.installed
+	$(BIN)/pytest
+
+check: lint typecheck
+
+test: check pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,67 @@
+"""The storage contract every backend fulfils (tusd's narrow datastore, in Python).
+
+Backends store bytes and records and hold locks. They know nothing of HTTP or BITS headers, and
+they decide nothing: offsets are validated by the server before a backend writes, and expiry is
+the server's policy. ``bits_wsgi.testing.BackendContract`` is the test suite every backend passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Protocol
+
+from ..session import SessionRecord
+
+
+class Backend(Protocol):
+    def create(self, record: SessionRecord) -> None:
+        """Store a new session with empty data. The id is new; creation is all-or-nothing."""
+
+    def load(self, session_id: str) -> SessionRecord | None:
+        """The record, or None if unknown. Unreadable records raise ``CorruptRecord``.
+
+        A record's ``received`` never exceeds the data held (clamped here after a crash).
+        """
+
+    def save(self, record: SessionRecord, *, durable: bool = False) -> None:
+        """Replace the record atomically; ``durable`` also survives a power loss."""
+
+    def write(self, session_id: str, offset: int, chunks: Iterable[bytes]) -> int:
+        """Cut the data to ``offset`` bytes, then append ``chunks``; return the bytes written.
+
+        An exception from ``chunks`` or the disk propagates; whatever was appended before it is
+        cut off by the next write, so the recorded offset never runs ahead of the data.
+        """
+
+    def sync(self, session_id: str) -> None:
+        """fsync the session's data."""
+
+    def data_size(self, session_id: str) -> int | None:
+        """Bytes of data held, or None if the data is gone."""
+
+    def commit(self, session_id: str, destination: Path, *, overwrite: bool) -> None:
+        """Publish the data at ``destination`` atomically, durably and idempotently.
+
+        Raises ``DestinationExists`` if it exists (and is not already this session's data) while
+        ``overwrite`` is false, ``FileNotFoundError`` if the data is gone.
+        """
+
+    def discard_data(self, session_id: str) -> None:
+        """Delete the temporary data, keeping the record (for a tombstone)."""
+
+    def delete(self, session_id: str) -> None:
+        """Delete everything of the session: data, record, lock file, owner index entry."""
+
+    def lock(self, session_id: str, timeout: float) -> AbstractContextManager[None]:
+        """Exclusive lock over threads, processes (and hosts, where the backend can).
+
+        Raises ``LockTimeout`` if not acquired within ``timeout`` seconds.
+        """
+
+    def active_sessions(self, owner: str) -> list[str]:
+        """Ids of the owner's sessions that are not tombstones (possibly expired)."""
+
+    def session_ids(self) -> Iterator[str]:
+        """Every stored id, tombstones included, for sweeps."""

@@ -1,0 +1,100 @@
+"""A backend that keeps records and bytes in this process: for tests and single-process dev.
+
+Upload bytes live in RAM until committed, so it suits small files only, and sessions do not
+survive a restart or reach other worker processes. Commits still go to disk atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import tempfile
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .._files import publish
+from ..errors import LockTimeout
+from ..session import SessionRecord
+
+
+class MemoryBackend:
+    def __init__(self) -> None:
+        self._records: dict[str, SessionRecord] = {}
+        self._data: dict[str, bytearray] = {}
+        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._guard = threading.Lock()
+
+    def create(self, record: SessionRecord) -> None:
+        with self._guard:
+            self._data[record.id] = bytearray()
+            self._records[record.id] = copy.copy(record)
+
+    def load(self, session_id: str) -> SessionRecord | None:
+        record = self._records.get(session_id)
+        return copy.copy(record) if record is not None else None
+
+    def save(self, record: SessionRecord, *, durable: bool = False) -> None:
+        self._records[record.id] = copy.copy(record)
+
+    def write(self, session_id: str, offset: int, chunks: Iterable[bytes]) -> int:
+        data = self._data[session_id]
+        del data[offset:]
+        for chunk in chunks:
+            data += chunk
+        return len(data) - offset
+
+    def sync(self, session_id: str) -> None:
+        """Nothing to sync: the bytes are in memory until commit."""
+
+    def data_size(self, session_id: str) -> int | None:
+        data = self._data.get(session_id)
+        return None if data is None else len(data)
+
+    def commit(self, session_id: str, destination: Path, *, overwrite: bool) -> None:
+        data = self._data.get(session_id)
+        if data is None:
+            raise FileNotFoundError(session_id)
+        fd, staged = tempfile.mkstemp(dir=destination.parent, prefix=f".{session_id}.")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            # mkstemp creates 0600; a committed upload is an ordinary, never executable file.
+            os.chmod(staged, 0o644)
+            publish(Path(staged), destination, overwrite=overwrite, tag=session_id)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staged)
+
+    def discard_data(self, session_id: str) -> None:
+        self._data.pop(session_id, None)
+
+    def delete(self, session_id: str) -> None:
+        with self._guard:
+            self._records.pop(session_id, None)
+            self._data.pop(session_id, None)
+
+    @contextlib.contextmanager
+    def lock(self, session_id: str, timeout: float) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks[session_id]
+        if not lock.acquire(timeout=timeout):
+            raise LockTimeout("session is busy")
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def active_sessions(self, owner: str) -> list[str]:
+        return sorted(
+            r.id
+            for r in list(self._records.values())
+            if r.owner == owner and not r.state.is_tombstone
+        )
+
+    def session_ids(self) -> Iterator[str]:
+        yield from list(self._records)

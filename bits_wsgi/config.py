@@ -1,0 +1,96 @@
+"""Per-directory settings (PROTOCOL.md §8), validated once at start-up.
+
+An :class:`UploadDirectory` is what IIS calls a virtual directory with BITS uploads enabled: a URL
+prefix mapped to a root on disk, with its own limits and policies.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from .protocol import DEFAULT_ERROR_HEADERS
+
+#: 5 KB: Windows never shrinks a fragment below this after a 413 (MC-BUP §3.1.5.2.4).
+MIN_FRAGMENT_SIZE = 5 * 1024
+#: The IIS 7 request limit, and so what Windows clients are used to.
+DEFAULT_MAX_FRAGMENT_SIZE = 30_000_000
+#: BITSSessionTimeout's IIS default: 14 days.
+DEFAULT_SESSION_TIMEOUT = 1_209_600
+
+CommitOn = Literal["final-fragment", "close"]
+FsyncMode = Literal["final", "always"]
+Identity = Callable[[Mapping[str, Any]], str | None]
+
+
+def normalise_prefix(prefix: str) -> str:
+    """``uploads`` / ``/uploads`` / ``/uploads/`` all become ``/uploads/``."""
+    stripped = prefix.strip("/")
+    return "/" if not stripped else f"/{stripped}/"
+
+
+@dataclass(frozen=True, kw_only=True)
+class UploadDirectory:
+    """One upload directory. Every option is documented in docs/configuration.md."""
+
+    upload_dir: Path
+    prefix: str = "/"
+    allow_overwrites: bool = False
+    max_upload_size: int | None = None
+    max_fragment_size: int = DEFAULT_MAX_FRAGMENT_SIZE
+    session_timeout: float = DEFAULT_SESSION_TIMEOUT
+    session_limit: int | None = 50
+    host_id: str | None = None
+    host_id_fallback_timeout: int = 86_400
+    commit_on: CommitOn = "final-fragment"
+    lock_timeout: float = 30.0
+    fsync: FsyncMode = "final"
+    allow_method_override: bool = False
+    error_headers: tuple[str, ...] = DEFAULT_ERROR_HEADERS
+    identity: Identity | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "upload_dir", Path(os.path.abspath(self.upload_dir)))
+        object.__setattr__(self, "prefix", normalise_prefix(self.prefix))
+        object.__setattr__(self, "error_headers", tuple(self.error_headers))
+        self._validate()
+
+    def _validate(self) -> None:
+        problems = []
+        if self.max_fragment_size < MIN_FRAGMENT_SIZE:
+            problems.append(f"max_fragment_size must be at least {MIN_FRAGMENT_SIZE}")
+        if self.max_upload_size is not None and self.max_upload_size < 0:
+            problems.append("max_upload_size must not be negative")
+        if self.session_timeout <= 0:
+            problems.append("session_timeout must be positive")
+        if self.session_limit is not None and self.session_limit < 0:
+            problems.append("session_limit must not be negative")
+        if self.host_id is not None and not 0 < len(self.host_id) <= 300:
+            problems.append("host_id must be 1 to 300 characters")
+        if self.host_id is not None and any(c.isspace() for c in self.host_id):
+            problems.append("host_id must not contain whitespace")
+        if self.host_id_fallback_timeout < 0:
+            problems.append("host_id_fallback_timeout must not be negative")
+        if self.commit_on not in ("final-fragment", "close"):
+            problems.append("commit_on must be 'final-fragment' or 'close'")
+        if self.fsync not in ("final", "always"):
+            problems.append("fsync must be 'final' or 'always'")
+        if self.lock_timeout < 0:
+            problems.append("lock_timeout must not be negative")
+        allowed_error_headers = set(DEFAULT_ERROR_HEADERS)
+        if not self.error_headers or not set(self.error_headers) <= allowed_error_headers:
+            problems.append(f"error_headers must be a non-empty subset of {DEFAULT_ERROR_HEADERS}")
+        if problems:
+            raise ValueError("invalid upload directory configuration: " + "; ".join(problems))
+
+    @classmethod
+    def from_mapping(cls, settings: Mapping[str, Any]) -> UploadDirectory:
+        """Build from a settings dict (Flask or Django config); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(settings) - known
+        if unknown:
+            raise ValueError(f"unknown upload directory settings: {sorted(unknown)}")
+        return cls(**settings)

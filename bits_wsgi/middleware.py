@@ -1,0 +1,222 @@
+"""BITSMiddleware: a Microsoft BITS upload server in front of any WSGI application.
+
+Wrap the application; ``BITS_POST`` requests under an upload prefix become uploads, and every
+other request reaches the application untouched, its body unread::
+
+    from flask import Flask
+    from bits_wsgi import BITSMiddleware
+
+    app = Flask(__name__)
+    app.wsgi_app = BITSMiddleware(app.wsgi_app, "/srv/uploads", prefix="/uploads/")
+
+Several upload directories, each with its own root and settings, mirror IIS virtual directories::
+
+    from bits_wsgi import UploadDirectory
+
+    application = BITSMiddleware(
+        application,
+        directories=[
+            UploadDirectory(upload_dir="/srv/dumps", prefix="/dumps/", max_upload_size=2**32),
+            UploadDirectory(upload_dir="/srv/logs", prefix="/logs/", allow_overwrites=True),
+        ],
+    )
+
+Authentication belongs to an outer layer (a proxy, or :class:`bits_wsgi.auth.BasicAuth`) that
+sets ``REMOTE_USER``; sessions are bound to that identity. See docs/architecture.md for the flow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from werkzeug.datastructures import EnvironHeaders
+from werkzeug.wsgi import get_current_url
+
+from . import paths
+from .backends.base import Backend
+from .body import BodyReader
+from .config import UploadDirectory
+from .errors import BITSError, InternalError, NotUploadDirectory
+from .protocol import (
+    BITS_METHOD,
+    DEFAULT_ERROR_HEADERS,
+    MAX_HEADER_VALUE,
+    Ack,
+    Envelope,
+    PacketType,
+    parse_envelope,
+    parse_packet,
+)
+from .server import RequestInfo, UploadServer
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+log = logging.getLogger("bits_wsgi")
+
+METHOD_OVERRIDE_KEY = "HTTP_X_HTTP_METHOD_OVERRIDE"
+
+
+class BITSMiddleware:
+    """WSGI middleware serving BITS uploads for one or several upload directories.
+
+    :param app: the wrapped WSGI application; it receives every non-BITS request.
+    :param upload_dir: root of a single upload directory; ``options`` are its settings (see
+        :class:`~bits_wsgi.config.UploadDirectory`).
+    :param directories: several upload directories instead (or as well).
+    :param backend: the session backend of a single upload directory; by default the
+        filesystem backend under ``upload_dir/BITS-Sessions``.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        upload_dir: str | os.PathLike[str] | None = None,
+        *,
+        directories: Sequence[UploadDirectory] = (),
+        backend: Backend | None = None,
+        **options: Any,
+    ) -> None:
+        self.app = app
+        configured = list(directories)
+        if upload_dir is not None:
+            configured.append(UploadDirectory(upload_dir=Path(upload_dir), **options))
+        elif options:
+            raise TypeError(f"settings without upload_dir: {sorted(options)}")
+        if not configured:
+            raise ValueError("BITSMiddleware needs upload_dir or directories")
+        prefixes = [d.prefix for d in configured]
+        if len(set(prefixes)) != len(prefixes):
+            raise ValueError(f"duplicate upload prefixes: {prefixes}")
+        if backend is not None and len(configured) != 1:
+            raise ValueError("a backend instance serves exactly one upload directory")
+        # Longest prefix first, so /uploads/private/ wins over /uploads/.
+        self.servers = sorted(
+            (UploadServer(d, backend) for d in configured),
+            key=lambda server: len(server.directory.prefix),
+            reverse=True,
+        )
+        self._overridable = any(s.directory.allow_method_override for s in self.servers)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "")
+        if method == BITS_METHOD:
+            return self.handle_bits(environ, start_response, self.route(environ))
+        if self._overridable and method == "POST" and _overrides_to_bits(environ):
+            server = self.route(environ)
+            if server is not None and server.directory.allow_method_override:
+                return self.handle_bits(environ, start_response, server)
+        return self.app(environ, start_response)
+
+    def route(self, environ: WSGIEnvironment) -> UploadServer | None:
+        """The upload directory whose prefix holds ``PATH_INFO`` (D10), if any."""
+        path = environ.get("PATH_INFO", "") or "/"
+        for server in self.servers:
+            if path.startswith(server.directory.prefix):
+                return server
+        return None
+
+    def handle_bits(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        server: UploadServer | None,
+    ) -> Iterable[bytes]:
+        started = time.perf_counter()
+        headers = EnvironHeaders(environ)
+        envelope: Envelope | None = None
+        body: BodyReader | None = None
+        destination = ""
+        try:
+            if server is None:  # §2.3 step 2
+                raise NotUploadDirectory("BITS request outside every upload directory")
+            envelope = parse_envelope(headers)  # steps 3-7
+            body = BodyReader(environ["wsgi.input"].read, envelope.content_length)
+            if envelope.packet_type is PacketType.PING:  # step 8
+                ack = Ack()
+            else:
+                destination = self._destination(environ, server)  # step 9
+                packet = parse_packet(envelope, headers)  # step 10
+                request = RequestInfo(
+                    identity=self._identity(environ, server),
+                    destination=destination,
+                    url=get_current_url(environ),
+                )
+                ack = server.handle(packet, request, body)  # steps 11-12
+        except BITSError as error:
+            ack = Ack.from_error(error)
+        except Exception:
+            log.exception("internal error handling a BITS request")
+            ack = Ack.from_error(InternalError())
+        finally:
+            if body is not None:
+                body.discard()
+        ack = _echo_session_id(ack, envelope, headers)
+        error_headers = server.directory.error_headers if server else DEFAULT_ERROR_HEADERS
+        start_response(ack.status_line, ack.headers(error_headers))
+        _log_packet(environ, envelope, headers, ack, destination, started)
+        return []
+
+    def _destination(self, environ: WSGIEnvironment, server: UploadServer) -> str:
+        target = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO")
+        paths.check_target_length(str(target or ""))
+        tail = environ.get("PATH_INFO", "")[len(server.directory.prefix) :]
+        key = paths.destination_key(tail)
+        paths.resolve_destination(server.directory.upload_dir, key)
+        return key
+
+    @staticmethod
+    def _identity(environ: WSGIEnvironment, server: UploadServer) -> str:
+        hook = server.directory.identity
+        name = hook(environ) if hook is not None else environ.get("REMOTE_USER")
+        return str(name) if name else ""
+
+
+def _overrides_to_bits(environ: WSGIEnvironment) -> bool:
+    return str(environ.get(METHOD_OVERRIDE_KEY, "")).strip().upper() == BITS_METHOD
+
+
+def _echo_session_id(ack: Ack, envelope: Envelope | None, headers: EnvironHeaders) -> Ack:
+    """D5: Fragment, Close and Cancel Acks echo the request's session id, errors included."""
+    if ack.session_id is not None or envelope is None:
+        return ack
+    if not envelope.packet_type.carries_session_id:
+        return ack
+    raw = headers.get("BITS-Session-Id")
+    if not raw or len(raw) > MAX_HEADER_VALUE or not (raw.isascii() and raw.isprintable()):
+        return ack
+    return replace(ack, session_id=raw)
+
+
+def _log_packet(
+    environ: WSGIEnvironment,
+    envelope: Envelope | None,
+    headers: EnvironHeaders,
+    ack: Ack,
+    destination: str,
+    started: float,
+) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
+    code = ""
+    if ack.status != 200:
+        code = f" code=0x{ack.error_code or 0:08X}"
+    log.info(
+        "%s session=%s packet=%s range=%s dest=%s user=%s status=%d%s received=%s %.1fms",
+        environ.get("REMOTE_ADDR", "-"),
+        (ack.session_id or headers.get("BITS-Session-Id", "-"))[:80],
+        envelope.packet_type.value if envelope else headers.get("BITS-Packet-Type", "-")[:40],
+        headers.get("Content-Range", "-")[:80],
+        destination or "-",
+        environ.get("REMOTE_USER") or "-",
+        ack.status,
+        code,
+        "-" if ack.received is None else ack.received,
+        (time.perf_counter() - started) * 1000,
+    )

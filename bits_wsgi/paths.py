@@ -1,0 +1,98 @@
+"""URL path → destination file. Every rule of PROTOCOL.md §9.2 (D11) lives here.
+
+No other module builds a filesystem path from client input. A destination is first reduced to a
+*key* (``"dir/file.bin"``, checked for syntax only), then resolved against the upload root, where
+symlinks are followed and the result must stay inside the root and outside the state area.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from pathlib import Path
+
+from .errors import InvalidRequest
+
+#: Folder below every upload root that holds sessions and replies; never a destination.
+STATE_DIR_NAME = "BITS-Sessions"
+#: MC-BUP caps URLs at 2,200 characters.
+MAX_TARGET_LENGTH = 2200
+MAX_SEGMENT_BYTES = 255
+
+_FORBIDDEN_CHARS = frozenset('\\:*?"<>|')
+_DEVICE_NAMES = frozenset(
+    ["CON", "PRN", "AUX", "NUL"]
+    + [f"COM{n}" for n in range(1, 10)]
+    + [f"LPT{n}" for n in range(1, 10)]
+)
+
+
+def check_target_length(target: str) -> None:
+    if len(target) > MAX_TARGET_LENGTH:
+        raise InvalidRequest(f"request target longer than {MAX_TARGET_LENGTH} characters")
+
+
+def destination_key(path_below_prefix: str) -> str:
+    """The destination key of a WSGI ``PATH_INFO`` tail (already percent-decoded, latin-1).
+
+    It is never percent-decoded again: ``%2e%2e`` arrives here as the literal text the client
+    meant, or as ``..`` if the WSGI server decoded it, and either way it is judged as it is.
+    """
+    try:
+        text = path_below_prefix.encode("latin-1").decode("utf-8")
+    except UnicodeError as exc:
+        raise InvalidRequest("destination is not valid UTF-8") from exc
+    segments = text.split("/")
+    for segment in segments:
+        _check_segment(segment)
+    if segments[0].casefold() == STATE_DIR_NAME.casefold():
+        raise InvalidRequest(f"{STATE_DIR_NAME} is reserved")
+    return "/".join(segments)
+
+
+def _check_segment(segment: str) -> None:
+    if segment in ("", ".", ".."):
+        raise InvalidRequest(f"invalid path segment {segment!r}")
+    for char in segment:
+        if char in _FORBIDDEN_CHARS or unicodedata.category(char) == "Cc":
+            raise InvalidRequest(f"forbidden character {char!r} in destination")
+    if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+        raise InvalidRequest(f"path segment longer than {MAX_SEGMENT_BYTES} bytes")
+    if segment.split(".", 1)[0].rstrip(" ").upper() in _DEVICE_NAMES:
+        raise InvalidRequest(f"Windows device name {segment!r} as destination")
+
+
+def state_dir(root: Path) -> Path:
+    return root / STATE_DIR_NAME
+
+
+def resolve_destination(root: Path, key: str) -> Path:
+    """The destination's absolute path, after checking it against the filesystem as it is now.
+
+    Raises 400 if symlinks lead outside the root or into the state area, if the destination is an
+    existing directory, or if something on the way is not a directory. Creates nothing.
+    """
+    real_root = Path(os.path.realpath(root))
+    candidate = Path(os.path.realpath(real_root.joinpath(*key.split("/"))))
+    if not candidate.is_relative_to(real_root) or candidate == real_root:
+        raise InvalidRequest("destination resolves outside the upload root")
+    if candidate.is_relative_to(Path(os.path.realpath(state_dir(real_root)))):
+        raise InvalidRequest("destination resolves into the state area")
+    if candidate.is_dir():
+        raise InvalidRequest("destination is a directory")
+    ancestor = candidate.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InvalidRequest("destination path runs through a file")
+    return candidate
+
+
+def prepare_destination(root: Path, key: str) -> Path:
+    """Resolve, create missing parent directories (only inside the root), and resolve again.
+
+    The second resolution catches a symlink planted between the first check and the commit.
+    """
+    path = resolve_destination(root, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return resolve_destination(root, key)

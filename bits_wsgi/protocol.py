@@ -1,0 +1,315 @@
+"""The BITS upload protocol as values: packet types, typed packets, the parser and the Ack.
+
+Pure: header values in, packets and Acks out. No I/O, no WSGI, no configuration. The rules are
+those of PROTOCOL.md §2–§4; each check names its step of the §2.3 validation order.
+
+Parsing is two steps because the destination check (§2.3 step 9) sits between them:
+:func:`parse_envelope` runs steps 3–7, :func:`parse_packet` runs step 10.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from werkzeug.datastructures import Headers
+from werkzeug.http import HTTP_STATUS_CODES, parse_content_range_header
+
+from .errors import BITSError, InvalidRequest, LengthRequired, http_error_hresult
+
+#: The only upload protocol defined, in the lower-case form the server sends.
+PROTOCOL_GUID = "{7df0354d-249b-430f-820d-3d2a9bef4931}"
+_PROTOCOL_KEY = PROTOCOL_GUID.strip("{}")
+
+BITS_METHOD = "BITS_POST"
+
+#: MC-BUP <2>: header values above 4 KiB are refused.
+MAX_HEADER_VALUE = 4096
+#: MC-BUP <6>: only the first 100 protocol entries are considered.
+MAX_PROTOCOL_ENTRIES = 100
+#: Values at or above 2**63 cannot be file offsets anywhere the client or server lives.
+MAX_OFFSET = 2**63
+
+DEFAULT_ERROR_HEADERS = ("BITS-Error-Code", "BITS-Error")
+
+
+class PacketType(enum.Enum):
+    PING = "Ping"
+    CREATE_SESSION = "Create-Session"
+    FRAGMENT = "Fragment"
+    CLOSE_SESSION = "Close-Session"
+    CANCEL_SESSION = "Cancel-Session"
+
+    @classmethod
+    def parse(cls, value: str | None) -> PacketType:
+        """Case-insensitive (D6); a client's ``Ack`` or anything else is invalid."""
+        if value is not None:
+            wanted = value.strip().lower()
+            for member in cls:
+                if member.value.lower() == wanted:
+                    return member
+        raise InvalidRequest(f"invalid BITS-Packet-Type {value!r}")
+
+    @property
+    def carries_session_id(self) -> bool:
+        return self in _SESSION_PACKETS
+
+
+_SESSION_PACKETS = frozenset(
+    {PacketType.FRAGMENT, PacketType.CLOSE_SESSION, PacketType.CANCEL_SESSION}
+)
+
+_GUID_RE = re.compile(
+    r"\{?([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\}?", re.IGNORECASE
+)
+
+
+def normalise_session_id(raw: str) -> str | None:
+    """The canonical key of a session id (upper-case, no braces), or None if it is no GUID.
+
+    Only this value is ever used in a path or a storage key (PROTOCOL.md §6.1).
+    """
+    match = _GUID_RE.fullmatch(raw.strip())
+    if match is None:
+        return None
+    return match.group(1).upper()
+
+
+def format_session_id(key: str) -> str:
+    """The wire form of a session id: upper-case and braced (D12)."""
+    return "{" + key.upper() + "}"
+
+
+# -- packets ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FragmentRange:
+    """``Content-Range: bytes F-L/T``; the empty upload is ``first=0, last=-1, total=0``."""
+
+    first: int
+    last: int
+    total: int
+
+    def __post_init__(self) -> None:
+        empty = (self.first, self.last, self.total) == (0, -1, 0)
+        if not empty and not 0 <= self.first <= self.last < self.total < MAX_OFFSET:
+            raise InvalidRequest(f"invalid fragment range {self}")
+
+    @property
+    def length(self) -> int:
+        return self.last - self.first + 1
+
+    def __str__(self) -> str:
+        return f"{self.first}-{self.last}/{self.total}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Envelope:
+    """What every BITS request has, checked by :func:`parse_envelope`."""
+
+    packet_type: PacketType
+    content_length: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ping:
+    packet_type = PacketType.PING
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreateSession:
+    packet_type = PacketType.CREATE_SESSION
+    protocols: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fragment:
+    packet_type = PacketType.FRAGMENT
+    session_id: str
+    range: FragmentRange
+    content_length: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloseSession:
+    packet_type = PacketType.CLOSE_SESSION
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelSession:
+    packet_type = PacketType.CANCEL_SESSION
+    session_id: str
+
+
+Packet = Ping | CreateSession | Fragment | CloseSession | CancelSession
+SessionPacket = Fragment | CloseSession | CancelSession
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def parse_envelope(headers: Headers) -> Envelope:
+    """Steps 3–7 of PROTOCOL.md §2.3, in order. Raises :class:`BITSError`."""
+    packet_type = PacketType.parse(headers.get("BITS-Packet-Type"))  # 3
+
+    for name, value in headers.items():  # 4
+        if len(value) > MAX_HEADER_VALUE:
+            raise InvalidRequest(f"header {name} longer than {MAX_HEADER_VALUE} bytes")
+
+    raw_length = headers.get("Content-Length", "").strip()  # 5
+    if not raw_length or "Transfer-Encoding" in headers:
+        raise LengthRequired("Content-Length is required and bodies may not be chunked")
+    if not (raw_length.isascii() and raw_length.isdigit()):
+        raise InvalidRequest(f"Content-Length {raw_length!r} is not an integer")
+    content_length = int(raw_length)
+
+    encoding = headers.get("Content-Encoding")  # 6
+    if encoding is not None and encoding.strip().lower() != "identity":
+        raise InvalidRequest(f"Content-Encoding {encoding!r} is not supported")
+
+    if packet_type is not PacketType.FRAGMENT and content_length != 0:  # 7
+        raise InvalidRequest(f"{packet_type.value} must not carry a body")
+
+    return Envelope(packet_type=packet_type, content_length=content_length)
+
+
+def parse_packet(envelope: Envelope, headers: Headers) -> Packet:
+    """Step 10 of PROTOCOL.md §2.3: the packet's own headers. Raises :class:`BITSError`."""
+    kind = envelope.packet_type
+    if kind is PacketType.PING:
+        return Ping()
+    if kind is PacketType.CREATE_SESSION:
+        protocols = parse_protocol_list(headers.get("BITS-Supported-Protocols"))
+        if _PROTOCOL_KEY not in protocols[:MAX_PROTOCOL_ENTRIES]:
+            raise InvalidRequest("no supported protocol in BITS-Supported-Protocols")
+        return CreateSession(protocols=protocols)
+
+    session_id = headers.get("BITS-Session-Id", "").strip()
+    if not session_id:
+        raise InvalidRequest(f"{kind.value} without BITS-Session-Id")
+    if kind is PacketType.CLOSE_SESSION:
+        return CloseSession(session_id=session_id)
+    if kind is PacketType.CANCEL_SESSION:
+        return CancelSession(session_id=session_id)
+
+    fragment_range = parse_fragment_range(headers.get("Content-Range"))
+    if envelope.content_length != fragment_range.length:
+        raise InvalidRequest(
+            f"Content-Length {envelope.content_length} does not match range {fragment_range}"
+        )
+    return Fragment(
+        session_id=session_id, range=fragment_range, content_length=envelope.content_length
+    )
+
+
+def parse(headers: Headers) -> Packet:
+    """Steps 3–7 and 10 at once, for callers that map no destination in between."""
+    return parse_packet(parse_envelope(headers), headers)
+
+
+def parse_protocol_list(value: str | None) -> tuple[str, ...]:
+    """GUIDs separated by spaces and/or commas, braces optional, any case (D6)."""
+    if value is None:
+        raise InvalidRequest("BITS-Supported-Protocols is required")
+    return tuple(
+        entry.strip("{}").lower() for entry in re.split(r"[\s,]+", value) if entry.strip("{}")
+    )
+
+
+# D13: the zero-length upload may be written any of these ways.
+_EMPTY_RANGE_SPECS = frozenset({"0--1/0", "*/0", "0-0/0"})
+
+
+def parse_fragment_range(value: str | None) -> FragmentRange:
+    """``bytes F-L/T`` with the strict BITS rules of PROTOCOL.md §4.1 on top of Werkzeug's parser.
+
+    Werkzeug accepts any unit, ``*`` forms and ranges ending past the total, and refuses the
+    empty forms BITS uses for a zero-length file, so those cases are decided here.
+    """
+    if value is None:
+        raise InvalidRequest("Fragment without Content-Range")
+    parts = value.split()
+    if len(parts) != 2 or parts[0].lower() != "bytes":
+        raise InvalidRequest(f"invalid Content-Range {value!r}")
+    spec = parts[1]
+    if spec in _EMPTY_RANGE_SPECS:
+        return FragmentRange(0, -1, 0)
+    if not re.fullmatch(r"[0-9]+-[0-9]+/[0-9]+", spec, re.ASCII):
+        raise InvalidRequest(f"invalid Content-Range {value!r}")
+    parsed = parse_content_range_header(f"bytes {spec}")
+    if parsed is None or parsed.start is None or parsed.stop is None or parsed.length is None:
+        raise InvalidRequest(f"invalid Content-Range {value!r}")
+    return FragmentRange(parsed.start, parsed.stop - 1, parsed.length)
+
+
+# -- Acks ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ack:
+    """A BITS Ack. Every response to a BITS request is one, errors included (PROTOCOL.md §2.2)."""
+
+    status: int = 200
+    session_id: str | None = None
+    received: int | None = None
+    protocol: str | None = None
+    accept_encoding: bool = False
+    host_id: str | None = None
+    host_id_fallback_timeout: int | None = None
+    reply_url: str | None = None
+    error_code: int | None = None
+    error_context: int | None = None
+    retry_after: int | None = None
+    extra_headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_error(cls, error: BITSError, *, session_id: str | None = None) -> Ack:
+        return cls(
+            status=error.status,
+            session_id=session_id,
+            received=error.received,
+            error_code=error.code,
+            error_context=error.context,
+            retry_after=error.retry_after,
+        )
+
+    @property
+    def status_line(self) -> str:
+        return f"{self.status} {HTTP_STATUS_CODES.get(self.status, 'Unknown')}"
+
+    def headers(
+        self, error_header_names: Iterable[str] = DEFAULT_ERROR_HEADERS
+    ) -> list[tuple[str, str]]:
+        """The response headers, in the order IIS sends them where it sends them."""
+        out = [("BITS-Packet-Type", "Ack")]
+        if self.protocol is not None:
+            out.append(("BITS-Protocol", self.protocol))
+        if self.session_id is not None:
+            out.append(("BITS-Session-Id", self.session_id))
+        if self.host_id is not None:
+            out.append(("BITS-Host-Id", self.host_id))
+            if self.host_id_fallback_timeout is not None:
+                out.append(("BITS-Host-Id-Fallback-Timeout", str(self.host_id_fallback_timeout)))
+        if self.received is not None:
+            out.append(("BITS-Received-Content-Range", str(self.received)))
+        if self.reply_url is not None:
+            out.append(("BITS-Reply-URL", self.reply_url))
+        # D1: error headers on every non-200 Ack and never on a 200.
+        if self.status != 200:
+            code = (
+                self.error_code if self.error_code is not None else http_error_hresult(self.status)
+            )
+            for name in error_header_names:
+                out.append((name, f"0x{code:08X}"))
+            out.append(("BITS-Error-Context", f"0x{self.error_context or 0x5:X}"))
+        if self.retry_after is not None:
+            out.append(("Retry-After", str(self.retry_after)))
+        out.extend(self.extra_headers)
+        if self.accept_encoding:
+            out.append(("Accept-Encoding", "identity"))
+        out.append(("Content-Length", "0"))
+        return out

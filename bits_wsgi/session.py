@@ -1,0 +1,138 @@
+"""Session values and the pure decisions over them: states, the offset table, expiry.
+
+Nothing here does I/O. :class:`SessionRecord` is what a backend stores; :func:`plan_fragment` is
+the offset algorithm of PROTOCOL.md §4.2–§4.3 (D2); :func:`is_expired` is D16's idle rule.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from .errors import CorruptRecord, InvalidRequest, RangeGap, UploadTooLarge
+from .protocol import FragmentRange
+
+#: Tombstones outlive their session by at least a day, so a late Close or Cancel still gets 200.
+MIN_TOMBSTONE_RETENTION = 86_400
+
+
+class SessionState(enum.Enum):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    WAIT_FOR_CLOSE = "wait-for-close"
+    CLOSED = "closed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_tombstone(self) -> bool:
+        return self in (SessionState.CLOSED, SessionState.CANCELLED)
+
+
+@dataclass(slots=True, kw_only=True)
+class SessionRecord:
+    """The durable state of one session (or, once closed or cancelled, its tombstone)."""
+
+    id: str
+    owner: str
+    destination: str
+    url: str
+    state: SessionState
+    created: float
+    last_activity: float
+    received: int = 0
+    total: int | None = None
+    committed: bool = False
+
+    @property
+    def is_complete(self) -> bool:
+        return self.total is not None and self.received == self.total
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = self.state.value
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> SessionRecord:
+        """Rebuild a record; anything unexpected is :class:`CorruptRecord`, never a crash."""
+        try:
+            record = cls(
+                id=_typed(data["id"], str),
+                owner=_typed(data["owner"], str),
+                destination=_typed(data["destination"], str),
+                url=_typed(data["url"], str),
+                state=SessionState(data["state"]),
+                created=float(_typed(data["created"], (int, float))),
+                last_activity=float(_typed(data["last_activity"], (int, float))),
+                received=_typed(data["received"], int),
+                total=None if data["total"] is None else _typed(data["total"], int),
+                committed=_typed(data["committed"], bool),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptRecord(f"malformed session record: {exc}") from exc
+        if record.received < 0 or (record.total is not None and record.received > record.total):
+            raise CorruptRecord(f"session {record.id}: offset {record.received} out of range")
+        return record
+
+    def touched(self, now: float) -> SessionRecord:
+        return replace(self, last_activity=now)
+
+    def tombstone(self, state: SessionState, now: float) -> SessionRecord:
+        return replace(self, state=state, last_activity=now)
+
+
+def _typed(value: Any, kind: type | tuple[type, ...]) -> Any:
+    # bool is an int in Python; a JSON true where a number belongs is corruption.
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise TypeError(f"expected {kind}, got {type(value).__name__}")
+    return value
+
+
+def is_expired(record: SessionRecord, now: float, session_timeout: float) -> bool:
+    """Idle longer than the timeout; a clock that went backwards counts as no idle time."""
+    idle = max(0.0, now - record.last_activity)
+    if record.state.is_tombstone:
+        return idle > max(MIN_TOMBSTONE_RETENTION, session_timeout)
+    return idle > session_timeout
+
+
+class FragmentAction(enum.Enum):
+    WRITE = "write"
+    DUPLICATE = "duplicate"
+    FINAL_REPEAT = "final-repeat"
+
+
+@dataclass(frozen=True, slots=True)
+class FragmentPlan:
+    """What to do with a fragment's body: discard ``skip`` bytes, then store ``write`` bytes."""
+
+    action: FragmentAction
+    skip: int = 0
+    write: int = 0
+    received: int = 0
+
+
+def plan_fragment(
+    received: int, recorded_total: int | None, fragment: FragmentRange, max_upload_size: int | None
+) -> FragmentPlan:
+    """Checks e–h of PROTOCOL.md §4.2 and the offset table of §4.3.
+
+    Raises :class:`InvalidRequest` for a changed total, :class:`UploadTooLarge` for a total over
+    the limit, and :class:`RangeGap` (carrying N) for a fragment that starts past N.
+    """
+    first, last, total = fragment.first, fragment.last, fragment.total
+    if recorded_total is not None and total != recorded_total:  # e
+        raise InvalidRequest(f"total changed from {recorded_total} to {total}", received=received)
+    if recorded_total is None and max_upload_size is not None and total > max_upload_size:  # f
+        raise UploadTooLarge(f"total {total} exceeds {max_upload_size}", received=received)
+    if recorded_total is not None and received == recorded_total:  # g
+        return FragmentPlan(FragmentAction.FINAL_REPEAT, received=received)
+    if first > received:  # h: gap
+        raise RangeGap(f"fragment starts at {first}, expected {received}", received=received)
+    if last < received and fragment.length > 0:
+        return FragmentPlan(FragmentAction.DUPLICATE, received=received)
+    skip = received - first
+    return FragmentPlan(
+        FragmentAction.WRITE, skip=skip, write=last + 1 - received, received=last + 1
+    )
