@@ -26,6 +26,7 @@ class MemoryBackend:
         self._data: dict[str, bytearray] = {}
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
+        self._published: dict[str, Path] = {}
 
     def create(self, record: SessionRecord) -> None:
         with self._guard:
@@ -57,6 +58,8 @@ class MemoryBackend:
         data = self._data.get(session_id)
         if data is None:
             raise FileNotFoundError(session_id)
+        if self._published.get(session_id) == destination and destination.exists():
+            return  # already committed: commits are idempotent
         fd, staged = tempfile.mkstemp(dir=destination.parent, prefix=f".{session_id}.")
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -66,6 +69,7 @@ class MemoryBackend:
             # mkstemp creates 0600; a committed upload is an ordinary, never executable file.
             os.chmod(staged, 0o644)
             publish(Path(staged), destination, overwrite=overwrite, tag=session_id)
+            self._published[session_id] = destination
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(staged)
@@ -77,6 +81,7 @@ class MemoryBackend:
         with self._guard:
             self._records.pop(session_id, None)
             self._data.pop(session_id, None)
+            self._published.pop(session_id, None)
 
     @contextlib.contextmanager
     def lock(self, session_id: str, timeout: float) -> Iterator[None]:

@@ -1,0 +1,251 @@
+"""The contract every backend fulfils, as a pytest suite any backend can run.
+
+Subclass :class:`BackendContract` in a test module and say how to build the backend::
+
+    from bits_wsgi.testing import BackendContract
+
+    class TestMyBackend(BackendContract):
+        def make_backend(self, root):
+            return MyBackend(root, ...)
+
+Requires pytest (the ``test`` extra).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .backends.base import Backend
+from .errors import DestinationExists, LockTimeout
+from .session import SessionRecord, SessionState
+
+SESSION_A = "A0FF5911-4144-45B3-BF27-27AFC8EC8A67"
+SESSION_B = "C85B4E0A-9EB9-4114-BFA4-8A43B4710091"
+
+
+def new_record(session_id: str = SESSION_A, owner: str = "alice") -> SessionRecord:
+    return SessionRecord(
+        id=session_id,
+        owner=owner,
+        destination="dir/f.bin",
+        url="http://example.test/dir/f.bin",
+        state=SessionState.RECEIVING,
+        created=1_000.0,
+        last_activity=1_000.0,
+    )
+
+
+class _Failing:
+    """A body that yields some bytes and then fails, like a client that disconnects."""
+
+    def __init__(self, first: bytes) -> None:
+        self.first = first
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.first
+        raise OSError("client went away")
+
+
+class BackendContract:
+    """The shared backend tests. ``make_backend`` builds a fresh backend below ``root``."""
+
+    def make_backend(self, root: Path) -> Backend:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def root(self, tmp_path: Path) -> Path:
+        root = tmp_path / "root"
+        root.mkdir()
+        return root
+
+    @pytest.fixture
+    def backend(self, root: Path) -> Backend:
+        return self.make_backend(root)
+
+    # -- records ------------------------------------------------------------------------------
+
+    def test_unknown_session_loads_as_none(self, backend: Backend) -> None:
+        assert backend.load(SESSION_A) is None
+
+    def test_created_session_loads_back(self, backend: Backend) -> None:
+        backend.create(new_record())
+        assert backend.load(SESSION_A) == new_record()
+        assert backend.data_size(SESSION_A) == 0
+
+    def test_save_replaces_the_record(self, backend: Backend) -> None:
+        backend.create(new_record())
+        backend.write(SESSION_A, 0, [b"12345"])
+        changed = new_record()
+        changed.received, changed.total, changed.last_activity = 5, 10, 2_000.0
+        backend.save(changed)
+        assert backend.load(SESSION_A) == changed
+
+    def test_loaded_records_are_copies(self, backend: Backend) -> None:
+        backend.create(new_record())
+        loaded = backend.load(SESSION_A)
+        assert loaded is not None
+        loaded.received = 99
+        again = backend.load(SESSION_A)
+        assert again is not None and again.received == 0
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def test_write_appends_at_the_offset(self, backend: Backend) -> None:
+        backend.create(new_record())
+        assert backend.write(SESSION_A, 0, [b"abc", b"def"]) == 6
+        assert backend.write(SESSION_A, 6, [b"gh"]) == 2
+        assert backend.data_size(SESSION_A) == 8
+
+    def test_write_cuts_stray_bytes_past_the_offset(self, backend: Backend, root: Path) -> None:
+        backend.create(new_record())
+        backend.write(SESSION_A, 0, [b"0123456789"])
+        backend.write(SESSION_A, 4, [b"XY"])
+        assert backend.data_size(SESSION_A) == 6
+        assert self._committed_bytes(backend, root) == b"0123XY"
+
+    def test_failed_write_is_cut_by_the_next(self, backend: Backend, root: Path) -> None:
+        backend.create(new_record())
+        backend.write(SESSION_A, 0, [b"abc"])
+        with pytest.raises(OSError):
+            backend.write(SESSION_A, 3, _Failing(b"partial"))
+        backend.write(SESSION_A, 3, [b"def"])
+        assert self._committed_bytes(backend, root) == b"abcdef"
+
+    def test_sync_keeps_the_data(self, backend: Backend) -> None:
+        backend.create(new_record())
+        backend.write(SESSION_A, 0, [b"x" * 1000])
+        backend.sync(SESSION_A)
+        assert backend.data_size(SESSION_A) == 1000
+
+    # -- commit -------------------------------------------------------------------------------
+
+    def _committed_bytes(self, backend: Backend, root: Path) -> bytes:
+        destination = root / "out" / f"{os.urandom(4).hex()}.bin"
+        destination.parent.mkdir(exist_ok=True)
+        backend.commit(SESSION_A, destination, overwrite=False)
+        return destination.read_bytes()
+
+    def test_commit_publishes_the_exact_bytes(self, backend: Backend, root: Path) -> None:
+        payload = os.urandom(300_000)
+        backend.create(new_record())
+        backend.write(SESSION_A, 0, [payload[:100_000], payload[100_000:]])
+        destination = root / "f.bin"
+        backend.commit(SESSION_A, destination, overwrite=False)
+        assert hashlib.sha256(destination.read_bytes()).digest() == hashlib.sha256(payload).digest()
+        assert not stat.S_IMODE(destination.stat().st_mode) & 0o111
+        assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
+
+    def test_commit_of_an_empty_upload(self, backend: Backend, root: Path) -> None:
+        backend.create(new_record())
+        backend.commit(SESSION_A, root / "empty.bin", overwrite=False)
+        assert (root / "empty.bin").read_bytes() == b""
+
+    def test_commit_refuses_an_existing_destination(self, backend: Backend, root: Path) -> None:
+        (root / "f.bin").write_bytes(b"theirs")
+        backend.create(new_record())
+        backend.write(SESSION_A, 0, [b"mine"])
+        with pytest.raises(DestinationExists):
+            backend.commit(SESSION_A, root / "f.bin", overwrite=False)
+        assert (root / "f.bin").read_bytes() == b"theirs"
+
+    def test_commit_overwrites_when_allowed(self, backend: Backend, root: Path) -> None:
+        (root / "f.bin").write_bytes(b"theirs")
+        backend.create(new_record())
+        backend.write(SESSION_A, 0, [b"mine"])
+        backend.commit(SESSION_A, root / "f.bin", overwrite=True)
+        assert (root / "f.bin").read_bytes() == b"mine"
+
+    def test_commit_is_idempotent(self, backend: Backend, root: Path) -> None:
+        backend.create(new_record())
+        backend.write(SESSION_A, 0, [b"once"])
+        backend.commit(SESSION_A, root / "f.bin", overwrite=False)
+        backend.commit(SESSION_A, root / "f.bin", overwrite=False)
+        assert (root / "f.bin").read_bytes() == b"once"
+
+    def test_commit_without_data_is_file_not_found(self, backend: Backend, root: Path) -> None:
+        backend.create(new_record())
+        backend.discard_data(SESSION_A)
+        with pytest.raises(FileNotFoundError):
+            backend.commit(SESSION_A, root / "f.bin", overwrite=False)
+        assert not (root / "f.bin").exists()
+
+    def test_committed_file_outlives_the_session(self, backend: Backend, root: Path) -> None:
+        backend.create(new_record())
+        backend.write(SESSION_A, 0, [b"keep"])
+        backend.commit(SESSION_A, root / "f.bin", overwrite=False)
+        backend.delete(SESSION_A)
+        assert (root / "f.bin").read_bytes() == b"keep"
+
+    # -- removal ------------------------------------------------------------------------------
+
+    def test_discard_data_keeps_the_record(self, backend: Backend) -> None:
+        backend.create(new_record())
+        backend.write(SESSION_A, 0, [b"abc"])
+        backend.discard_data(SESSION_A)
+        assert backend.data_size(SESSION_A) is None
+        assert backend.load(SESSION_A) is not None
+        backend.discard_data(SESSION_A)  # twice is fine
+
+    def test_delete_removes_everything(self, backend: Backend) -> None:
+        backend.create(new_record())
+        backend.write(SESSION_A, 0, [b"abc"])
+        backend.delete(SESSION_A)
+        assert backend.load(SESSION_A) is None
+        assert backend.data_size(SESSION_A) is None
+        assert SESSION_A not in list(backend.session_ids())
+        assert backend.active_sessions("alice") == []
+        backend.delete(SESSION_A)  # twice is fine
+
+    # -- enumeration --------------------------------------------------------------------------
+
+    def test_active_sessions_per_owner(self, backend: Backend) -> None:
+        backend.create(new_record(SESSION_A, "alice"))
+        backend.create(new_record(SESSION_B, "bob"))
+        assert backend.active_sessions("alice") == [SESSION_A]
+        assert backend.active_sessions("bob") == [SESSION_B]
+        assert backend.active_sessions("carol") == []
+
+    def test_tombstones_are_not_active_but_are_listed(self, backend: Backend) -> None:
+        backend.create(new_record())
+        backend.save(new_record().tombstone(SessionState.CLOSED, 2_000.0), durable=True)
+        assert backend.active_sessions("alice") == []
+        assert list(backend.session_ids()) == [SESSION_A]
+        loaded = backend.load(SESSION_A)
+        assert loaded is not None and loaded.state is SessionState.CLOSED
+
+    # -- locks --------------------------------------------------------------------------------
+
+    def test_lock_excludes_another_thread(self, backend: Backend) -> None:
+        held, release = threading.Event(), threading.Event()
+
+        def holder() -> None:
+            with backend.lock(SESSION_A, 1.0):
+                held.set()
+                release.wait(10)
+
+        thread = threading.Thread(target=holder)
+        thread.start()
+        try:
+            assert held.wait(10)
+            with pytest.raises(LockTimeout), backend.lock(SESSION_A, 0.05):
+                pass
+            with backend.lock(SESSION_B, 0.05):
+                pass  # other sessions are not blocked
+        finally:
+            release.set()
+            thread.join()
+        with backend.lock(SESSION_A, 0.05):
+            pass
+
+    def test_lock_is_released_on_error(self, backend: Backend) -> None:
+        with pytest.raises(RuntimeError), backend.lock(SESSION_A, 1.0):
+            raise RuntimeError("boom")
+        with backend.lock(SESSION_A, 0.05):
+            pass

@@ -1,0 +1,137 @@
+"""What only the filesystem backend promises: restarts, processes, corruption, crashes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bits_wsgi.backends import FilesystemBackend
+from bits_wsgi.errors import CorruptRecord, LockTimeout
+from bits_wsgi.testing import SESSION_A, new_record
+
+
+def test_sessions_survive_a_new_backend_on_the_same_root(tmp_path: Path) -> None:
+    first = FilesystemBackend(tmp_path)
+    first.create(new_record())
+    first.write(SESSION_A, 0, [b"abc"])
+    record = new_record()
+    record.received, record.total = 3, 10
+    first.save(record)
+    second = FilesystemBackend(tmp_path)
+    assert second.load(SESSION_A) == record
+    assert second.data_size(SESSION_A) == 3
+
+
+def test_state_lives_under_bits_sessions(tmp_path: Path) -> None:
+    backend = FilesystemBackend(tmp_path)
+    backend.create(new_record())
+    session_dir = tmp_path / "BITS-Sessions" / "Requests" / f"{{{SESSION_A}}}"
+    assert sorted(p.name for p in session_dir.iterdir()) == ["requestfile.bin", "session.json"]
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"{", b"\xff\xfe", b"[]", b'{"id": 1}', b"null", b'"text"']
+)
+def test_corrupt_records_raise_corrupt_record(tmp_path: Path, content: bytes) -> None:
+    backend = FilesystemBackend(tmp_path)
+    backend.create(new_record())
+    (tmp_path / "BITS-Sessions" / "Requests" / f"{{{SESSION_A}}}" / "session.json").write_bytes(
+        content
+    )
+    with pytest.raises(CorruptRecord):
+        backend.load(SESSION_A)
+
+
+def test_record_naming_another_session_is_corrupt(tmp_path: Path) -> None:
+    backend = FilesystemBackend(tmp_path)
+    backend.create(new_record())
+    other = "C85B4E0A-9EB9-4114-BFA4-8A43B4710091"
+    os.rename(
+        tmp_path / "BITS-Sessions" / "Requests" / f"{{{SESSION_A}}}",
+        tmp_path / "BITS-Sessions" / "Requests" / f"{{{other}}}",
+    )
+    with pytest.raises(CorruptRecord):
+        backend.load(other)
+
+
+def test_offset_is_clamped_to_the_data_after_a_power_loss(tmp_path: Path) -> None:
+    backend = FilesystemBackend(tmp_path)
+    backend.create(new_record())
+    backend.write(SESSION_A, 0, [b"x" * 100])
+    record = new_record()
+    record.received, record.total = 100, 1000
+    backend.save(record)
+    # the record reached the disk, the data did not
+    os.truncate(backend.data_path(SESSION_A), 40)
+    loaded = backend.load(SESSION_A)
+    assert loaded is not None and loaded.received == 40
+
+
+def _hold_lock(root: str, ready: multiprocessing.synchronize.Event, release_after: float) -> None:
+    backend = FilesystemBackend(root)
+    with backend.lock(SESSION_A, 5.0):
+        ready.set()
+        time.sleep(release_after)
+
+
+def test_lock_excludes_another_process(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    child = context.Process(target=_hold_lock, args=(str(tmp_path), ready, 1.5))
+    child.start()
+    try:
+        assert ready.wait(30)
+        backend = FilesystemBackend(tmp_path)
+        with pytest.raises(LockTimeout), backend.lock(SESSION_A, 0.1):
+            pass
+        # and it is taken as soon as the other process lets go
+        with backend.lock(SESSION_A, 10.0):
+            pass
+    finally:
+        child.join(30)
+    assert child.exitcode == 0
+
+
+def test_waiter_does_not_keep_a_lock_on_a_deleted_lock_file(tmp_path: Path) -> None:
+    """delete() unlinks the lock file under the lock; a waiter must lock the new file."""
+    backend = FilesystemBackend(tmp_path)
+    backend.create(new_record())
+    acquired = threading.Event()
+    inside: list[str] = []
+
+    def waiter() -> None:
+        with backend.lock(SESSION_A, 5.0):
+            acquired.set()
+            inside.append("waiter")
+            time.sleep(0.2)
+            inside.append("waiter-out")
+
+    with backend.lock(SESSION_A, 1.0):
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(0.1)
+        backend.delete(SESSION_A)
+    assert acquired.wait(5)
+    # a third party now locking the same id must wait for the waiter, not run beside it
+    with backend.lock(SESSION_A, 5.0):
+        inside.append("third")
+    thread.join()
+    assert inside == ["waiter", "waiter-out", "third"]
+
+
+def test_stale_staging_folders_are_swept(tmp_path: Path) -> None:
+    backend = FilesystemBackend(tmp_path)
+    staging = tmp_path / "BITS-Sessions" / "Requests" / ".staging-deadbeef"
+    staging.mkdir()
+    fresh = tmp_path / "BITS-Sessions" / "Requests" / ".staging-fresh"
+    fresh.mkdir()
+    old = time.time() - 7200
+    os.utime(staging, (old, old))
+    assert list(backend.session_ids()) == []
+    assert not staging.exists()
+    assert fresh.exists()

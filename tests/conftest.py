@@ -1,0 +1,109 @@
+"""Shared helpers: a BITS conversation over webtest, against a middleware built per test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import webtest
+
+from bits_wsgi import BITSMiddleware
+from bits_wsgi.protocol import PROTOCOL_GUID
+
+
+def fallback_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Stands for the wrapped application: echoes what reached it."""
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    reply = f"app {environ['REQUEST_METHOD']} {environ['PATH_INFO']} ".encode() + body
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(reply)))])
+    return [reply]
+
+
+class BitsClient:
+    """Speaks BITS to a WSGI app through webtest, one packet per method."""
+
+    def __init__(self, app: Any, path: str = "/f.bin", user: str | None = None) -> None:
+        self.test = webtest.TestApp(app, lint=True)
+        self.path = path
+        self.user = user
+        self.session_id: str | None = None
+
+    def post(
+        self, packet_type: str, headers: dict[str, str] | None = None, body: bytes = b"", **kw: Any
+    ) -> webtest.TestResponse:
+        sent = {"BITS-Packet-Type": packet_type}
+        sent.update(headers or {})
+        extra_environ = {"REMOTE_USER": self.user} if self.user else {}
+        extra_environ.update(kw.pop("extra_environ", {}))
+        return self.test.request(
+            kw.pop("path", self.path),
+            method="BITS_POST",
+            headers=sent,
+            body=body,
+            expect_errors=True,
+            environ=extra_environ,
+            **kw,
+        )
+
+    def ping(self, **kw: Any) -> webtest.TestResponse:
+        return self.post("Ping", **kw)
+
+    def create(self, **kw: Any) -> webtest.TestResponse:
+        headers = {"BITS-Supported-Protocols": PROTOCOL_GUID, **kw.pop("headers", {})}
+        response = self.post("Create-Session", headers, **kw)
+        if response.status_int == 200:
+            self.session_id = response.headers["BITS-Session-Id"]
+        return response
+
+    def fragment(
+        self, data: bytes, first: int, total: int, session_id: str | None = None, **kw: Any
+    ) -> webtest.TestResponse:
+        last = first + len(data) - 1
+        content_range = f"bytes {first}-{last}/{total}" if data else f"bytes */{total}"
+        headers = {
+            "BITS-Session-Id": session_id or self.session_id or "",
+            "Content-Range": content_range,
+        }
+        headers.update(kw.pop("headers", {}))
+        return self.post("Fragment", headers, body=data, **kw)
+
+    def close(self, session_id: str | None = None, **kw: Any) -> webtest.TestResponse:
+        return self.post(
+            "Close-Session", {"BITS-Session-Id": session_id or self.session_id or ""}, **kw
+        )
+
+    def cancel(self, session_id: str | None = None, **kw: Any) -> webtest.TestResponse:
+        return self.post(
+            "Cancel-Session", {"BITS-Session-Id": session_id or self.session_id or ""}, **kw
+        )
+
+    def upload(self, data: bytes, fragment_size: int = 1000) -> None:
+        assert self.create().status_int == 200
+        for first in range(0, len(data), fragment_size):
+            response = self.fragment(data[first : first + fragment_size], first, len(data))
+            assert response.status_int == 200, response.headers
+        if not data:
+            assert self.fragment(b"", 0, 0).status_int == 200
+
+
+def error_of(response: webtest.TestResponse) -> tuple[int, str | None, str | None]:
+    """(status, HRESULT, context) of an Ack; both error headers must agree."""
+    code = response.headers.get("BITS-Error-Code")
+    assert code == response.headers.get("BITS-Error")
+    return response.status_int, code, response.headers.get("BITS-Error-Context")
+
+
+@pytest.fixture
+def upload_dir(tmp_path: Path) -> Path:
+    return tmp_path / "uploads"
+
+
+@pytest.fixture
+def make_client(upload_dir: Path) -> Callable[..., BitsClient]:
+    def make(path: str = "/f.bin", user: str | None = None, **options: Any) -> BitsClient:
+        app = BITSMiddleware(fallback_app, upload_dir, **options)
+        return BitsClient(app, path=path, user=user)
+
+    return make
