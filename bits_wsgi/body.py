@@ -15,7 +15,7 @@ from .errors import ShortBody
 
 #: Reads of 1 MiB keep per-request memory small and syscalls few (PROTOCOL.md §4.3: 64 KiB–1 MiB).
 CHUNK_SIZE = 1024 * 1024
-#: An unused body is drained up to this much; the WSGI server deals with the rest (§2.3).
+#: An unused body is drained up to this much by default (see ``UploadDirectory.discard_limit``).
 DISCARD_LIMIT = 64 * 1024
 
 

@@ -16,6 +16,8 @@ from .protocol import DEFAULT_ERROR_HEADERS
 
 #: 5 KB: Windows never shrinks a fragment below this after a 413 (MC-BUP §3.1.5.2.4).
 MIN_FRAGMENT_SIZE = 5 * 1024
+#: Windows BITS 2.5+ sends fragments of up to 13 MB (MC-BUP <10>); with margin.
+WINDOWS_MAX_FRAGMENT = 16 * 1024 * 1024
 #: The IIS 7 request limit, and so what Windows clients are used to.
 DEFAULT_MAX_FRAGMENT_SIZE = 30_000_000
 #: BITSSessionTimeout's IIS default: 14 days.
@@ -85,6 +87,18 @@ class UploadDirectory:
             problems.append(f"error_headers must be a non-empty subset of {DEFAULT_ERROR_HEADERS}")
         if problems:
             raise ValueError("invalid upload directory configuration: " + "; ".join(problems))
+
+    @property
+    def discard_limit(self) -> int:
+        """How much of a body the server reads and throws away to deliver its Ack.
+
+        A WSGI server that closes a connection with request bytes still unread makes the kernel
+        reset it, and the client loses the Ack it was about to read: a 416 that should resync
+        the upload, or a 413 that should shrink its fragments, becomes a network error that is
+        retried with the same fragment, forever. So unused bodies are drained, bounded by the
+        larger of ``max_fragment_size`` and the largest fragment Windows sends (docs/protocol.md).
+        """
+        return max(self.max_fragment_size, WINDOWS_MAX_FRAGMENT)
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any]) -> UploadDirectory:

@@ -155,8 +155,8 @@ class BITSMiddleware:
             log.exception("internal error handling a BITS request")
             ack = Ack.from_error(InternalError())
         finally:
-            if body is not None:
-                body.discard()
+            if body is not None and server is not None:
+                body.discard(server.directory.discard_limit)
         ack = _echo_session_id(ack, envelope, headers)
         error_headers = server.directory.error_headers if server else DEFAULT_ERROR_HEADERS
         start_response(ack.status_line, ack.headers(error_headers))

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import webtest
+from werkzeug.test import EnvironBuilder
 
 from bits_wsgi import BITSMiddleware
 from bits_wsgi.protocol import PROTOCOL_GUID
@@ -86,6 +87,25 @@ class BitsClient:
             assert response.status_int == 200, response.headers
         if not data:
             assert self.fragment(b"", 0, 0).status_int == 200
+
+
+def call(app: Any, environ: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """Call a WSGI app with exactly this environ (no test client adding headers)."""
+    captured: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        captured["status"], captured["headers"] = status, dict(headers)
+
+    b"".join(app(environ, start_response))
+    return captured["status"], captured["headers"]
+
+
+def raw_environ(**extra: Any) -> dict[str, Any]:
+    environ = EnvironBuilder(path="/f.bin", method="BITS_POST").get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ.pop("CONTENT_TYPE", None)
+    environ.update(extra)
+    return environ
 
 
 def error_of(response: webtest.TestResponse) -> tuple[int, str | None, str | None]:

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from werkzeug.test import Client, EnvironBuilder
+from werkzeug.test import Client
 
 from bits_wsgi import BITSMiddleware, UploadDirectory
 from bits_wsgi.backends import FilesystemBackend
 from bits_wsgi.protocol import PROTOCOL_GUID, normalise_session_id
 
-from .conftest import BitsClient, error_of, fallback_app
+from .conftest import BitsClient, call, error_of, fallback_app, raw_environ
 
 Make = Callable[..., BitsClient]
 
@@ -217,25 +217,6 @@ def test_body_on_create_is_400_and_creates_nothing(make_client: Make, upload_dir
     )
     assert error_of(response) == (400, "0x80070057", "0x5")
     assert records(upload_dir) == []
-
-
-def call(app: Any, environ: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    """Call a WSGI app with exactly this environ (no test client adding headers)."""
-    captured: dict[str, Any] = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        captured["status"], captured["headers"] = status, dict(headers)
-
-    b"".join(app(environ, start_response))
-    return captured["status"], captured["headers"]
-
-
-def raw_environ(**extra: Any) -> dict[str, Any]:
-    environ = EnvironBuilder(path="/f.bin", method="BITS_POST").get_environ()
-    environ.pop("CONTENT_LENGTH", None)
-    environ.pop("CONTENT_TYPE", None)
-    environ.update(extra)
-    return environ
 
 
 def test_missing_content_length_is_411(upload_dir: Path) -> None:
@@ -770,3 +751,41 @@ def test_fsync_always_mode_uploads(make_client: Make, upload_dir: Path) -> None:
     data = os.urandom(50_000)
     make_client(fsync="always").upload(data, fragment_size=8_000)
     assert sha256((upload_dir / "f.bin").read_bytes()) == sha256(data)
+
+
+# -- unused bodies are drained so the Ack reaches the client (docs/protocol.md) --------------
+
+
+def _gap_environ(session_id: str, body: bytes, first: int, total: int) -> dict[str, Any]:
+    environ = raw_environ(
+        HTTP_BITS_PACKET_TYPE="Fragment",
+        HTTP_BITS_SESSION_ID=session_id,
+        HTTP_CONTENT_RANGE=f"bytes {first}-{first + len(body) - 1}/{total}",
+        CONTENT_LENGTH=str(len(body)),
+    )
+    environ["wsgi.input"] = io.BytesIO(body)
+    return environ
+
+
+def test_unused_fragment_body_is_drained(upload_dir: Path) -> None:
+    app = BITSMiddleware(fallback_app, upload_dir)
+    client = BitsClient(app)
+    client.create()
+    body = b"z" * (3 * 1024 * 1024)
+    environ = _gap_environ(client.session_id or "", body, 10, 10 * len(body))
+    status, _ = call(app, environ)
+    assert status.startswith("416")
+    assert environ["wsgi.input"].tell() == len(body)
+
+
+def test_draining_is_bounded(upload_dir: Path) -> None:
+    app = BITSMiddleware(fallback_app, upload_dir, max_fragment_size=1024 * 1024)
+    limit = app.servers[0].directory.discard_limit
+    assert limit == 16 * 1024 * 1024
+    client = BitsClient(app)
+    client.create()
+    body = b"z" * (limit + 4096)
+    environ = _gap_environ(client.session_id or "", body, 0, len(body))
+    status, _ = call(app, environ)
+    assert status.startswith("413")
+    assert environ["wsgi.input"].tell() == limit

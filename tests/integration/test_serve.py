@@ -1,0 +1,224 @@
+"""`bits-wsgi serve` for real: gunicorn on 127.0.0.1, a raw HTTP client, crashes and restarts."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .helpers import RawBits, Server, bits_serve, free_port, status_kib
+
+pytestmark = pytest.mark.integration
+
+MiB = 1024 * 1024
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(MiB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def test_upload_survives_sigkill_and_resumes_after_restart(tmp_path: Path) -> None:
+    root, log = tmp_path / "root", tmp_path / "server.log"
+    data = os.urandom(24 * MiB + 12345)
+    port = free_port()
+    with bits_serve(root, log, port=port) as server:
+        client = RawBits(port, "/crash/dump.bin")
+        assert client.create().status == 200
+        assert client.upload_from(data, 0, MiB, until=10 * MiB) == 10 * MiB
+        # fragment 11 is half on the wire when the whole server dies
+        client.start_fragment(data[10 * MiB : 11 * MiB], 10 * MiB, len(data), send=MiB // 2)
+        time.sleep(0.3)
+        server.kill()
+    assert not (root / "crash" / "dump.bin").exists()
+
+    with bits_serve(root, log, port=port):
+        client.reconnect()
+        # Windows resends the interrupted fragment; the server answers with what it holds
+        response = client.fragment(data[10 * MiB : 11 * MiB], 10 * MiB, len(data))
+        assert response.status == 200
+        assert response.headers["BITS-Received-Content-Range"] == str(11 * MiB)
+        assert client.upload_from(data, 11 * MiB, MiB) == len(data)
+        assert client.close().status == 200
+    assert file_sha256(root / "crash" / "dump.bin") == sha256(data)
+
+
+def test_resume_after_restart_resyncs_with_416(tmp_path: Path) -> None:
+    """A client that believes it sent more than the server holds is told where to resume."""
+    root, log = tmp_path / "root", tmp_path / "server.log"
+    data = os.urandom(3 * MiB)
+    port = free_port()
+    with bits_serve(root, log, port=port) as server:
+        client = RawBits(port, "/f.bin")
+        client.create()
+        client.upload_from(data, 0, MiB, until=MiB)
+        server.kill()
+    with bits_serve(root, log, port=port):
+        client.reconnect()
+        response = client.fragment(data[2 * MiB :], 2 * MiB, len(data))
+        assert response.status == 416
+        assert response.headers["BITS-Received-Content-Range"] == str(MiB)
+        assert client.upload_from(data, MiB, MiB) == len(data)
+        client.close()
+    assert file_sha256(root / "f.bin") == sha256(data)
+
+
+def test_make_serve_takes_a_50_mb_upload_in_1_mib_fragments(tmp_path: Path) -> None:
+    """The README's `make serve`, as a new user runs it, with its embedded defaults."""
+    project = Path(__file__).resolve().parents[2]
+    port = free_port()
+    uploads = tmp_path / "uploads"
+    data = os.urandom(50 * 1000 * 1000)
+    server = Server(
+        ["make", "--no-print-directory", "serve", f"PORT={port}", f"UPLOAD_DIR={uploads}"],
+        port,
+        tmp_path / "make-serve.log",
+        cwd=project,
+    )
+    try:
+        client = RawBits(port, "/big/upload.bin")
+        assert client.create().status == 200
+        assert client.upload_from(data, 0, MiB) == len(data)
+        assert client.close().status == 200
+        assert file_sha256(uploads / "big" / "upload.bin") == sha256(data)
+        # the standalone server serves uploads only, never the files
+        client.connection.request("GET", "/big/upload.bin")
+        response = client.connection.getresponse()
+        assert response.status == 404 and b"\x00" not in response.read()
+    finally:
+        assert server.stop() in (0, -signal.SIGTERM)
+
+
+def test_server_memory_is_flat_in_upload_size(tmp_path: Path) -> None:
+    """Peak RSS of the worker after 32 MiB and after 288 MiB, in 13 MiB fragments."""
+    root, log = tmp_path / "root", tmp_path / "server.log"
+    fragment = 13 * MiB
+    block = os.urandom(fragment)
+    with bits_serve(root, log, "--workers", "1", "--threads", "2") as server:
+        (worker,) = server.worker_pids()
+
+        def upload(name: str, total: int) -> None:
+            client = RawBits(server.port, f"/{name}")
+            assert client.create().status == 200
+            for first in range(0, total, fragment):
+                chunk = block[: min(fragment, total - first)]
+                assert client.fragment(chunk, first, total).status == 200
+            assert client.close().status == 200
+
+        upload("small.bin", 32 * MiB)
+        after_small = status_kib(worker, "VmHWM")
+        upload("large.bin", 256 * MiB)
+        after_large = status_kib(worker, "VmHWM")
+    assert (root / "large.bin").stat().st_size == 256 * MiB
+    growth_mib = (after_large - after_small) / 1024
+    assert growth_mib < 8, f"peak RSS grew by {growth_mib:.1f} MiB for 8x the bytes"
+
+
+def test_sigterm_lets_the_fragment_in_flight_finish(tmp_path: Path) -> None:
+    root, log = tmp_path / "root", tmp_path / "server.log"
+    data = os.urandom(4 * MiB)
+    port = free_port()
+    with bits_serve(root, log, "--workers", "1", port=port) as server:
+        client = RawBits(port, "/f.bin")
+        client.create()
+        client.start_fragment(data[:MiB], 0, len(data), send=MiB // 2)
+        time.sleep(0.3)
+        server.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        client.connection.send(data[MiB // 2 : MiB])
+        response = client.connection.getresponse()
+        response.read()
+        assert response.status == 200
+        assert response.headers["BITS-Received-Content-Range"] == str(MiB)
+        assert server.process.wait(60) == 0
+    with bits_serve(root, log, port=port):
+        client.reconnect()
+        assert client.upload_from(data, MiB, MiB) == len(data)
+        client.close()
+    assert file_sha256(root / "f.bin") == sha256(data)
+
+
+def test_sigint_is_graceful_too(tmp_path: Path) -> None:
+    root, log = tmp_path / "root", tmp_path / "server.log"
+    port = free_port()
+    with bits_serve(root, log, port=port) as server:
+        client = RawBits(port, "/f.bin")
+        client.create()
+        client.start_fragment(b"x" * MiB, 0, MiB, send=1000)
+        time.sleep(0.3)
+        server.signal(signal.SIGINT)  # to the whole group, as Ctrl-C in a terminal does
+        time.sleep(0.3)
+        client.connection.send(b"x" * (MiB - 1000))
+        response = client.connection.getresponse()
+        response.read()
+        assert response.status == 200
+        assert server.process.wait(60) == 0
+    assert (root / "f.bin").stat().st_size == MiB
+
+
+def test_basic_auth_users(tmp_path: Path) -> None:
+    from werkzeug.datastructures import Authorization
+
+    root, log = tmp_path / "root", tmp_path / "server.log"
+    with bits_serve(root, log, "--user", "alice:pw1", "--user", "bob:pw2") as server:
+        anonymous = RawBits(server.port, "/f.bin")
+        response = anonymous.create()
+        assert response.status == 401
+        assert response.headers["WWW-Authenticate"].startswith("Basic")
+        assert response.headers["BITS-Error-Code"] == "0x80190191"
+        alice_auth = Authorization("basic", {"username": "alice", "password": "pw1"})
+        alice = RawBits(server.port, "/f.bin", auth=alice_auth.to_header())
+        assert alice.create().status == 200
+        bob_auth = Authorization("basic", {"username": "bob", "password": "pw2"})
+        bob = RawBits(server.port, "/f.bin", auth=bob_auth.to_header())
+        bob.session_id = alice.session_id
+        assert bob.fragment(b"abc", 0, 3).status == 403
+        assert alice.fragment(b"abc", 0, 3).status == 200
+    assert (root / "f.bin").read_bytes() == b"abc"
+
+
+def test_keep_alive_over_http_1_1(tmp_path: Path) -> None:
+    root, log = tmp_path / "root", tmp_path / "server.log"
+    with bits_serve(root, log) as server:
+        client = RawBits(server.port, "/f.bin")
+        response = client.post("Ping")
+        assert response.version == 11
+        assert response.headers.get("Connection", "keep-alive").lower() == "keep-alive"
+        sock = client.connection.sock
+        client.create()
+        assert client.connection.sock is sock  # the same TCP connection carried both
+
+
+def test_oversized_fragment_gets_its_413_over_a_real_connection(tmp_path: Path) -> None:
+    """The Ack must reach a client that sends the whole body before reading (docs/protocol.md)."""
+    root, log = tmp_path / "root", tmp_path / "server.log"
+    data = os.urandom(13 * 1000 * 1000)
+    with bits_serve(root, log, "--max-fragment-size", str(MiB)) as server:
+        client = RawBits(server.port, "/f.bin")
+        client.create()
+        response = client.fragment(data, 0, len(data))
+        assert response.status == 413
+        assert response.headers["BITS-Error-Code"] == "0x80200020"
+        # the client shrinks its fragments, on the same connection
+        assert client.upload_from(data, 0, MiB) == len(data)
+        client.close()
+    assert file_sha256(root / "f.bin") == sha256(data)
+
+
+def test_subprocess_entry_point_prints_help() -> None:
+    script = Path(sys.executable).parent / "bits-wsgi"
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "serve" in result.stdout

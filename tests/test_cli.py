@@ -1,0 +1,98 @@
+"""The command line: argument handling, configuration errors, and `cleanup`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bits_wsgi import BITSMiddleware
+from bits_wsgi.cli import build_app, build_parser, main
+
+from .conftest import BitsClient, fallback_app
+
+
+def age(upload_dir: Path, seconds: float) -> None:
+    for path in (upload_dir / "BITS-Sessions" / "Requests").glob("*/session.json"):
+        record = json.loads(path.read_text())
+        record["last_activity"] -= seconds
+        path.write_text(json.dumps(record))
+
+
+def test_cleanup_removes_expired_sessions_and_keeps_live_ones(tmp_path: Path) -> None:
+    app = BITSMiddleware(fallback_app, tmp_path)
+    stale = BitsClient(app, path="/stale.bin")
+    stale.create()
+    stale.fragment(b"abc", 0, 10)
+    age(tmp_path, 7200)
+    live = BitsClient(app, path="/live.bin")
+    live.create()
+    result = subprocess.run(
+        [sys.executable, "-m", "bits_wsgi", "cleanup", str(tmp_path), "--older-than", "3600"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == "removed 1 expired session"
+    assert stale.fragment(b"def", 3, 10).status_int == 500
+    assert live.fragment(b"abc", 0, 3).status_int == 200
+
+
+def test_cleanup_removes_old_tombstones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = BITSMiddleware(fallback_app, tmp_path)
+    client = BitsClient(app)
+    client.upload(b"x")
+    client.close()
+    assert main(["cleanup", str(tmp_path), "--older-than", "0"]) == 0
+    assert capsys.readouterr().out.strip() == "removed 0 expired sessions"  # kept a day
+    age(tmp_path, 2 * 86_400)
+    assert main(["cleanup", str(tmp_path), "--older-than", "0"]) == 0
+    assert capsys.readouterr().out.strip() == "removed 1 expired session"
+    assert list((tmp_path / "BITS-Sessions" / "Locks").iterdir()) == []
+
+
+def test_cleanup_of_a_missing_root_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["cleanup", str(tmp_path / "nope")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert not (tmp_path / "nope").exists()
+
+
+def test_invalid_configuration_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", str(tmp_path), "--max-fragment-size", "10"]) == 2
+    assert "max_fragment_size" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--user", "nopassword"]) == 2
+    assert "NAME:PASSWORD" in capsys.readouterr().err
+
+
+def test_serve_options_reach_the_upload_directory(tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        [
+            "serve",
+            str(tmp_path),
+            "--prefix",
+            "/in",
+            "--allow-overwrites",
+            "--max-upload-size",
+            "1000",
+            "--session-limit",
+            "0",
+            "--host-id",
+            "node1",
+            "--commit-on",
+            "close",
+        ]
+    )
+    app = build_app(args)
+    assert isinstance(app, BITSMiddleware)
+    directory = app.servers[0].directory
+    assert directory.prefix == "/in/"
+    assert directory.allow_overwrites and directory.max_upload_size == 1000
+    assert directory.session_limit is None and directory.host_id == "node1"
+    assert directory.commit_on == "close"
