@@ -1,0 +1,53 @@
+"""The import direction of docs/architecture.md, enforced."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "bits_wsgi"
+
+# module -> modules of the package it may import
+ALLOWED = {
+    "errors": set(),
+    "protocol": {"errors"},
+    "session": {"errors", "protocol"},
+    "paths": {"errors"},
+    "body": {"errors"},
+    "config": {"protocol"},
+    "_files": {"errors"},
+    "backends.base": {"session"},
+    "backends.filesystem": {"_files", "errors", "paths", "session"},
+    "backends.memory": {"_files", "errors", "session"},
+}
+
+
+def imports_of(module: str) -> set[str]:
+    path = PACKAGE / (module.replace(".", "/") + ".py")
+    tree = ast.parse(path.read_text())
+    depth = module.count(".")
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = module.split(".")[: depth + 1 - node.level]
+            target = ".".join([*base, node.module] if node.module else base)
+            found.add(target)
+        elif isinstance(node, ast.ImportFrom | ast.Import):
+            names = (
+                [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            )
+            found.update(
+                n.removeprefix("bits_wsgi.") for n in names if n and n.startswith("bits_wsgi")
+            )
+    return found
+
+
+def test_core_modules_import_only_downwards() -> None:
+    for module, allowed in ALLOWED.items():
+        assert imports_of(module) <= allowed, module
+
+
+def test_nothing_below_the_middleware_knows_wsgi() -> None:
+    for module in [*ALLOWED, "server"]:
+        source = (PACKAGE / (module.replace(".", "/") + ".py")).read_text()
+        assert "environ" not in source, module
