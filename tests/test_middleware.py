@@ -789,3 +789,63 @@ def test_draining_is_bounded(upload_dir: Path) -> None:
     status, _ = call(app, environ)
     assert status.startswith("413")
     assert environ["wsgi.input"].tell() == limit
+
+
+# -- more of the validation order (§2.3) -----------------------------------------------------
+
+
+def test_upload_directory_check_comes_before_the_packet_type(make_client: Make) -> None:
+    client = make_client(prefix="/uploads/", path="/elsewhere/f.bin")
+    assert client.post("Nonsense").status_int == 501
+
+
+def test_header_size_comes_before_content_length(upload_dir: Path) -> None:
+    app = BITSMiddleware(fallback_app, upload_dir)
+    status, _ = call(app, raw_environ(HTTP_BITS_PACKET_TYPE="Ping", HTTP_X_BIG="a" * 5000))
+    assert status.startswith("400")
+
+
+def test_packet_headers_come_before_the_session(make_client: Make) -> None:
+    client = make_client()
+    response = client.post(
+        "Fragment", {"BITS-Session-Id": "{11111111-2222-3333-4444-555555555555}"}, body=b"x"
+    )
+    assert error_of(response) == (400, "0x80070057", "0x5")  # no Content-Range: 400, not 500
+
+
+# -- one destination, two sessions (§10.1) ---------------------------------------------------
+
+
+def test_second_session_to_the_same_destination_gets_403_at_commit(
+    make_client: Make, upload_dir: Path
+) -> None:
+    first = make_client()
+    second = BitsClient(first.test.app)
+    first.create()
+    second.create()
+    first.fragment(b"first", 0, 5)
+    response = second.fragment(b"second", 0, 6)
+    assert error_of(response) == (403, "0x80070005", "0x5")
+    assert (upload_dir / "f.bin").read_bytes() == b"first"
+
+
+def test_concurrent_completions_commit_exactly_one(make_client: Make, upload_dir: Path) -> None:
+    first = make_client()
+    clients = [first] + [BitsClient(first.test.app) for _ in range(5)]
+    payloads = [os.urandom(50_000) for _ in clients]
+    for client in clients:
+        client.create()
+    statuses: list[int] = []
+
+    def complete(client: BitsClient, data: bytes) -> None:
+        statuses.append(client.fragment(data, 0, len(data)).status_int)
+
+    threads = [
+        threading.Thread(target=complete, args=pair) for pair in zip(clients, payloads, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [200] + [403] * 5
+    assert (upload_dir / "f.bin").read_bytes() in payloads

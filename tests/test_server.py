@@ -1,0 +1,90 @@
+"""UploadServer without WSGI: sweeps and the in-server expiry schedule (PROTOCOL.md §6.4)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from werkzeug.datastructures import Headers
+
+from bits_wsgi import UploadDirectory, UploadServer
+from bits_wsgi.backends import FilesystemBackend
+from bits_wsgi.body import BodyReader
+from bits_wsgi.protocol import PROTOCOL_GUID, normalise_session_id, parse
+from bits_wsgi.server import RequestInfo
+
+REQUEST = RequestInfo(identity="alice", destination="f.bin", url="http://h/f.bin")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def create(server: UploadServer, request: RequestInfo = REQUEST) -> str:
+    packet = parse(
+        Headers(
+            {
+                "BITS-Packet-Type": "Create-Session",
+                "Content-Length": "0",
+                "BITS-Supported-Protocols": PROTOCOL_GUID,
+            }
+        )
+    )
+    ack = server.handle(packet, request, BodyReader(lambda n: b"", 0))
+    assert ack.status == 200 and ack.session_id is not None
+    key = normalise_session_id(ack.session_id)
+    assert key is not None
+    return key
+
+
+def test_sweep_removes_only_idle_sessions(tmp_path: Path) -> None:
+    clock = Clock()
+    server = UploadServer(
+        UploadDirectory(upload_dir=tmp_path, session_timeout=60), clock=clock, sweep_interval=None
+    )
+    old = create(server)
+    clock.now += 50
+    young = create(server, RequestInfo(identity="alice", destination="g.bin", url="u"))
+    clock.now += 20
+    assert server.sweep() == 1
+    assert server.backend.load(old) is None
+    assert server.backend.load(young) is not None
+
+
+def test_sweep_never_deletes_a_session_in_use(tmp_path: Path) -> None:
+    clock = Clock()
+    server = UploadServer(
+        UploadDirectory(upload_dir=tmp_path, session_timeout=60), clock=clock, sweep_interval=None
+    )
+    busy = create(server)
+    clock.now += 3600
+    with server.backend.lock(busy, 1.0):
+        assert server.sweep() == 0
+    assert server.backend.load(busy) is not None
+    assert server.sweep() == 1
+
+
+def test_sweep_skips_unreadable_records(tmp_path: Path) -> None:
+    server = UploadServer(UploadDirectory(upload_dir=tmp_path), sweep_interval=None)
+    key = create(server)
+    (tmp_path / "BITS-Sessions" / "Requests" / f"{{{key}}}" / "session.json").write_text("{")
+    assert server.sweep(older_than=0) == 0
+    assert (tmp_path / "BITS-Sessions" / "Requests" / f"{{{key}}}").exists()
+
+
+def test_the_server_sweeps_by_itself(tmp_path: Path) -> None:
+    clock = Clock()
+    directory = UploadDirectory(upload_dir=tmp_path, session_timeout=60)
+    server = UploadServer(directory, clock=clock, sweep_interval=0.0)
+    stale = create(server)
+    clock.now += 3600
+    create(server, RequestInfo(identity="bob", destination="g.bin", url="u"))  # starts a sweep
+    deadline = time.monotonic() + 10
+    backend = FilesystemBackend(tmp_path)
+    while backend.load(stale) is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert backend.load(stale) is None
