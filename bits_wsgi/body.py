@@ -54,6 +54,3 @@ class BodyReader:
             self.skip(min(self.remaining, limit))
         except ShortBody:
             self.remaining = 0
-
-
-EMPTY_BODY = BodyReader(lambda size: b"", 0)

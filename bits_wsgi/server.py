@@ -54,6 +54,8 @@ log = logging.getLogger("bits_wsgi")
 
 #: IIS sweeps expired sessions every 12 hours by default (BITSCleanupUseDefault).
 SWEEP_INTERVAL = 12 * 3600.0
+#: The first sweep comes soon after start, for sessions that expired while the server was down.
+FIRST_SWEEP_DELAY = 60.0
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
@@ -85,7 +87,7 @@ class UploadServer:
         )
         self._clock = clock
         self._sweep_interval = sweep_interval
-        self._next_sweep = time.monotonic() + (sweep_interval or 0.0)
+        self._next_sweep = time.monotonic() + min(FIRST_SWEEP_DELAY, sweep_interval or 0.0)
         self._sweep_guard = threading.Lock()
 
     # -- entry point ---------------------------------------------------------------------------

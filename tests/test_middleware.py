@@ -849,3 +849,19 @@ def test_concurrent_completions_commit_exactly_one(make_client: Make, upload_dir
         thread.join()
     assert sorted(statuses) == [200] + [403] * 5
     assert (upload_dir / "f.bin").read_bytes() in payloads
+
+
+class LossyBackend(FilesystemBackend):
+    """A buggy backend that silently stores less than it was given."""
+
+    def write(self, session_id: str, offset: int, chunks: Iterable[bytes]) -> int:
+        return super().write(session_id, offset, (chunk[:-1] for chunk in chunks))
+
+
+def test_a_backend_that_loses_bytes_never_moves_the_offset(upload_dir: Path) -> None:
+    app = BITSMiddleware(fallback_app, upload_dir, backend=LossyBackend(upload_dir))
+    client = BitsClient(app)
+    client.create()
+    response = client.fragment(b"abcdef", 0, 12)
+    assert error_of(response) == (500, "0x801901F4", "0x5")
+    assert records(upload_dir)[0]["received"] == 0
