@@ -20,8 +20,8 @@ serve: $(VENV)/.installed
 	$(BIN)/bits-wsgi serve $(UPLOAD_DIR) --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check bits_wsgi tests examples
-	$(BIN)/ruff format --check bits_wsgi tests examples
+	$(BIN)/ruff check bits_wsgi tests examples benchmarks
+	$(BIN)/ruff format --check bits_wsgi tests examples benchmarks
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
