@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from .auth import BasicAuth
 from .config import DEFAULT_MAX_FRAGMENT_SIZE, DEFAULT_SESSION_TIMEOUT, UploadDirectory
@@ -54,6 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host-id", default=None)
     serve.add_argument("--host-id-fallback-timeout", type=int, default=86_400, metavar="SECONDS")
     serve.add_argument("--commit-on", choices=["final-fragment", "close"], default="final-fragment")
+    serve.add_argument(
+        "--notification-type", choices=["none", "by-reference", "by-value"], default="none"
+    )
+    serve.add_argument(
+        "--notification-url",
+        default=None,
+        help="absolute http(s) URL, or a URL relative to the upload, served by --app",
+    )
+    serve.add_argument("--notification-timeout", type=float, default=290.0, metavar="SECONDS")
+    serve.add_argument(
+        "--app",
+        default=None,
+        metavar="MODULE:NAME",
+        help="a WSGI application to serve behind the uploads (default: 404 for everything else)",
+    )
     serve.add_argument(
         "--user",
         action="append",
@@ -104,11 +120,30 @@ def build_app(args: argparse.Namespace) -> WSGIApplication:
         host_id=args.host_id,
         host_id_fallback_timeout=args.host_id_fallback_timeout,
         commit_on=args.commit_on,
+        notification_type=args.notification_type,
+        notification_url=args.notification_url,
+        notification_timeout=args.notification_timeout,
     )
-    app: WSGIApplication = BITSMiddleware(not_found, directories=[directory])
+    inner = import_app(args.app) if args.app else not_found
+    app: WSGIApplication = BITSMiddleware(inner, directories=[directory])
     if args.user:
         app = BasicAuth(app, _parse_users(args.user))
     return app
+
+
+def import_app(spec: str) -> WSGIApplication:
+    """``package.module:name`` → the WSGI application it names."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"--app takes MODULE:NAME, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+        app = getattr(module, attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load --app {spec!r}: {exc}") from exc
+    if not callable(app):
+        raise ValueError(f"--app {spec!r} is not a WSGI application")
+    return cast("WSGIApplication", app)
 
 
 def _parse_users(values: Sequence[str]) -> dict[str, str]:

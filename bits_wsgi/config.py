@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from .notify import NotificationType, Reply, Upload, validate_notification_url
 from .protocol import DEFAULT_ERROR_HEADERS
 
 #: 5 KB: Windows never shrinks a fragment below this after a 413 (MC-BUP §3.1.5.2.4).
@@ -53,6 +54,9 @@ class UploadDirectory:
     allow_method_override: bool = False
     error_headers: tuple[str, ...] = DEFAULT_ERROR_HEADERS
     identity: Identity | None = field(default=None, compare=False)
+    notification_type: NotificationType = "none"
+    notification_url: str | Callable[[Upload], Reply] | None = field(default=None, compare=False)
+    notification_timeout: float = 290.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "upload_dir", Path(os.path.abspath(self.upload_dir)))
@@ -85,8 +89,21 @@ class UploadDirectory:
         allowed_error_headers = set(DEFAULT_ERROR_HEADERS)
         if not self.error_headers or not set(self.error_headers) <= allowed_error_headers:
             problems.append(f"error_headers must be a non-empty subset of {DEFAULT_ERROR_HEADERS}")
+        if self.notification_type not in ("none", "by-reference", "by-value"):
+            problems.append("notification_type must be 'none', 'by-reference' or 'by-value'")
+        elif self.reply_mode:
+            problem = validate_notification_url(self.notification_url)
+            if problem:
+                problems.append(problem)
+        if not 0 < self.notification_timeout <= 290:
+            problems.append("notification_timeout must be above 0 and at most 290 seconds")
         if problems:
             raise ValueError("invalid upload directory configuration: " + "; ".join(problems))
+
+    @property
+    def reply_mode(self) -> bool:
+        """Every upload to a notifying directory is an upload-reply job (D22)."""
+        return self.notification_type != "none"
 
     @property
     def discard_limit(self) -> int:

@@ -32,17 +32,24 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urljoin
 
 from werkzeug.datastructures import EnvironHeaders
-from werkzeug.wsgi import get_current_url
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
+from werkzeug.http import parse_range_header
+from werkzeug.wrappers import Response
+from werkzeug.wsgi import get_current_url, wrap_file
 
 from . import paths
 from .backends.base import Backend
 from .body import BodyReader
 from .config import UploadDirectory
 from .errors import BITSError, InternalError, NotUploadDirectory
+from .events import Events
+from .notify import WsgiTarget
 from .protocol import (
     BITS_METHOD,
     DEFAULT_ERROR_HEADERS,
@@ -53,7 +60,7 @@ from .protocol import (
     parse_envelope,
     parse_packet,
 )
-from .server import RequestInfo, UploadServer
+from .server import ReplyUnavailable, RequestInfo, UploadServer
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -61,6 +68,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("bits_wsgi")
 
 METHOD_OVERRIDE_KEY = "HTTP_X_HTTP_METHOD_OVERRIDE"
+REPLIES_PATH = f"{paths.STATE_DIR_NAME}/Replies/"
+REPLY_NAME = "responsefile.bin"
 
 
 class BITSMiddleware:
@@ -96,13 +105,16 @@ class BITSMiddleware:
             raise ValueError(f"duplicate upload prefixes: {prefixes}")
         if backend is not None and len(configured) != 1:
             raise ValueError("a backend instance serves exactly one upload directory")
+        #: hooks the application registers: ``@middleware.events.on_upload_complete`` ...
+        self.events = Events()
         # Longest prefix first, so /uploads/private/ wins over /uploads/.
         self.servers = sorted(
-            (UploadServer(d, backend) for d in configured),
+            (UploadServer(d, backend, events=self.events) for d in configured),
             key=lambda server: len(server.directory.prefix),
             reverse=True,
         )
         self._overridable = any(s.directory.allow_method_override for s in self.servers)
+        self._replies = any(s.directory.reply_mode for s in self.servers)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "")
@@ -112,7 +124,62 @@ class BITSMiddleware:
             server = self.route(environ)
             if server is not None and server.directory.allow_method_override:
                 return self.handle_bits(environ, start_response, server)
+        if self._replies:
+            reply = self._reply_request(environ)
+            if reply is not None:
+                return self.serve_reply(environ, start_response, *reply)
         return self.app(environ, start_response)
+
+    def _reply_request(self, environ: WSGIEnvironment) -> tuple[UploadServer, str] | None:
+        """(directory, raw session id) if the path is a reply URL of a reply-mode directory."""
+        server = self.route(environ)
+        if server is None or not server.directory.reply_mode:
+            return None
+        path = environ.get("PATH_INFO", "")
+        start = server.directory.prefix + REPLIES_PATH
+        if not path.lower().startswith(start.lower()):
+            return None
+        session_part, _, name = path[len(start) :].partition("/")
+        return server, session_part if name == REPLY_NAME else ""
+
+    def serve_reply(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        server: UploadServer,
+        raw_session_id: str,
+    ) -> Iterable[bytes]:
+        """GET and HEAD of a reply (PROTOCOL.md §7.5): owner only, single ranges, stable ETag."""
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            response = Response(status=405, headers={"Allow": "GET, HEAD"})
+            return response(environ, start_response)
+        try:
+            path = server.reply_file(raw_session_id, self._identity(environ, server))
+            # closed by the response's wrap_file iterator, not here
+            handle = open(path, "rb")  # noqa: SIM115
+        except ReplyUnavailable as refused:
+            return Response(status=refused.status)(environ, start_response)
+        except FileNotFoundError:  # closed between the lookup and the open
+            return Response(status=404)(environ, start_response)
+        stat = os.fstat(handle.fileno())
+        response = Response(
+            wrap_file(environ, handle),
+            mimetype="application/octet-stream",
+            direct_passthrough=True,
+        )
+        response.set_etag(f"{raw_session_id.strip('{}').upper()}-{stat.st_size}-{stat.st_mtime_ns}")
+        response.last_modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+        response.content_length = stat.st_size
+        try:
+            response.make_conditional(
+                _single_range_only(environ), accept_ranges=True, complete_length=stat.st_size
+            )
+        except RequestedRangeNotSatisfiable:
+            response.close()
+            unsatisfiable = Response(status=416, headers={"Accept-Ranges": "bytes"})
+            unsatisfiable.headers["Content-Range"] = f"bytes */{stat.st_size}"
+            return unsatisfiable(environ, start_response)
+        return response(environ, start_response)
 
     def route(self, environ: WSGIEnvironment) -> UploadServer | None:
         """The upload directory whose prefix holds ``PATH_INFO`` (D10), if any."""
@@ -147,6 +214,8 @@ class BITSMiddleware:
                     identity=self._identity(environ, server),
                     destination=destination,
                     url=get_current_url(environ),
+                    base_url=get_current_url(environ, root_only=True),
+                    notification_target=self._notification_target(environ, server),
                 )
                 ack = server.handle(packet, request, body)  # steps 11-12
         except BITSError as error:
@@ -171,11 +240,32 @@ class BITSMiddleware:
         paths.resolve_destination(server.directory.upload_dir, key)
         return key
 
+    def _notification_target(
+        self, environ: WSGIEnvironment, server: UploadServer
+    ) -> WsgiTarget | None:
+        """A relative notification URL reaches the wrapped app in-process (PROTOCOL.md §7.1)."""
+        url = server.directory.notification_url
+        if not isinstance(url, str) or ":" in url.split("/", 1)[0]:
+            return None
+        here = quote(environ.get("PATH_INFO", "").encode("latin-1"), safe="/")
+        return WsgiTarget(self.app, environ, urljoin(here, url))
+
     @staticmethod
     def _identity(environ: WSGIEnvironment, server: UploadServer) -> str:
         hook = server.directory.identity
         name = hook(environ) if hook is not None else environ.get("REMOTE_USER")
         return str(name) if name else ""
+
+
+def _single_range_only(environ: WSGIEnvironment) -> WSGIEnvironment:
+    """Several ranges, or a Range header that does not parse, get the whole reply (§7.5)."""
+    value = environ.get("HTTP_RANGE")
+    if value is None:
+        return environ
+    parsed = parse_range_header(value)
+    if parsed is not None and len(parsed.ranges) == 1:
+        return environ
+    return {key: item for key, item in environ.items() if key != "HTTP_RANGE"}
 
 
 def _overrides_to_bits(environ: WSGIEnvironment) -> bool:

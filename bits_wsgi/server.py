@@ -8,16 +8,21 @@ and expiry. Everything a backend stores passes through here, and every failure l
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from . import paths
-from .backends.base import Backend
+from .backends.base import Backend, LocalFiles
 from .backends.filesystem import FilesystemBackend
 from .body import BodyReader
 from .config import UploadDirectory
@@ -36,6 +41,8 @@ from .errors import (
     SessionNotFound,
     ShortBody,
 )
+from .events import EventKind, Events, SessionEvent
+from .notify import CallableTarget, HttpTarget, Target, Upload, deliver
 from .protocol import (
     PROTOCOL_GUID,
     Ack,
@@ -54,6 +61,8 @@ log = logging.getLogger("bits_wsgi")
 
 #: IIS sweeps expired sessions every 12 hours by default (BITSCleanupUseDefault).
 SWEEP_INTERVAL = 12 * 3600.0
+#: Per-process running sha256 of uploads in progress, for on_upload_complete (see _hash).
+HASH_CACHE_SIZE = 256
 #: The first sweep comes soon after start, for sessions that expired while the server was down.
 FIRST_SWEEP_DELAY = 60.0
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -64,11 +73,23 @@ class RequestInfo:
     """What the server needs of the HTTP request: who sent it, and for which destination.
 
     ``identity`` is ``""`` for anonymous clients, who all share one identity (D8).
+    ``base_url`` (scheme, host and script root) is where reply URLs point; a relative
+    notification URL is reached through ``notification_target``, which only WSGI can build.
     """
 
     identity: str
     destination: str
     url: str
+    base_url: str = ""
+    notification_target: Target | None = None
+
+
+class ReplyUnavailable(Exception):
+    """A reply download that cannot be served; ``status`` is the plain HTTP answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class UploadServer:
@@ -79,12 +100,18 @@ class UploadServer:
         *,
         clock: Callable[[], float] = time.time,
         sweep_interval: float | None = SWEEP_INTERVAL,
+        events: Events | None = None,
     ) -> None:
         self.directory = directory
         directory.upload_dir.mkdir(parents=True, exist_ok=True)
         self.backend: Backend = (
             backend if backend is not None else FilesystemBackend(directory.upload_dir)
         )
+        if directory.reply_mode and not isinstance(self.backend, LocalFiles):
+            raise ValueError("upload-reply mode needs a backend that keeps files on this host")
+        self.events = events if events is not None else Events()
+        self._hashes: OrderedDict[str, tuple[int, hashlib._Hash]] = OrderedDict()
+        self._hashes_guard = threading.Lock()
         self._clock = clock
         self._sweep_interval = sweep_interval
         self._next_sweep = time.monotonic() + min(FIRST_SWEEP_DELAY, sweep_interval or 0.0)
@@ -134,6 +161,7 @@ class UploadServer:
             last_activity=now,
         )
         self.backend.create(record)
+        self._emit("session_created", record)
         self._maybe_sweep()
         return Ack(
             protocol=PROTOCOL_GUID,
@@ -182,7 +210,7 @@ class UploadServer:
                             f"session {session_id} uploads to {record.destination!r}"
                         )
                     if isinstance(packet, Fragment):
-                        return self._fragment(record, packet, body)
+                        return self._fragment(record, packet, body, request)
                     if isinstance(packet, CloseSession):
                         return self._close(record)
                     return self._cancel(record)
@@ -222,30 +250,39 @@ class UploadServer:
         if not is_expired(record, self._clock(), limit):
             return False
         self.backend.delete(record.id)
+        self._forget_hash(record.id)
         log.info("session %s: expired (%s)", format_session_id(record.id), record.state.value)
+        if not record.state.is_tombstone:
+            self._emit("session_expired", record)
         return True
 
-    def _fragment(self, record: SessionRecord, packet: Fragment, body: BodyReader) -> Ack:
+    def _fragment(
+        self, record: SessionRecord, packet: Fragment, body: BodyReader, request: RequestInfo
+    ) -> Ack:
         plan = plan_fragment(
             record.received, record.total, packet.range, self.directory.max_upload_size
         )
         if plan.action is FragmentAction.FINAL_REPEAT:
             if record.state is SessionState.WAIT_FOR_CLOSE:
-                return self._saved(record, Ack(received=record.received))
-            return self._finish(record)
+                return self._saved(record, self._final_ack(record))
+            return self._finish(record, request)
         if plan.action is FragmentAction.DUPLICATE:
             return self._saved(record, Ack(received=record.received))
 
         try:
             body.skip(plan.skip)
-            written = self.backend.write(record.id, record.received, body.chunks(plan.write))
+            chunks = self._hashing(record, body.chunks(plan.write))
+            written = self.backend.write(record.id, record.received, chunks)
         except ShortBody as exc:
+            self._forget_hash(record.id)
             raise InvalidRequest(f"fragment body incomplete: {exc}") from exc
         except OSError as exc:
+            self._forget_hash(record.id)
             if exc.errno in _DISK_FULL_ERRNOS:
                 raise DiskFull("no space left for the upload") from exc
             raise
         if written != plan.write:
+            self._forget_hash(record.id)
             raise InternalError(f"backend wrote {written} of {plan.write} bytes")
         if self.directory.fsync == "always":
             self.backend.sync(record.id)
@@ -253,19 +290,28 @@ class UploadServer:
         record.received = plan.received
         record.total = packet.range.total
         if record.is_complete:
-            return self._finish(record)
-        return self._saved(record, Ack(received=record.received), durable=False)
+            return self._finish(record, request)
+        ack = self._saved(record, Ack(received=record.received), durable=False)
+        self._emit("fragment", record)
+        return ack
 
-    def _finish(self, record: SessionRecord) -> Ack:
-        """Final processing (§4.5): fsync, commit if due, store the final Ack."""
+    def _finish(self, record: SessionRecord, request: RequestInfo) -> Ack:
+        """Final processing (§4.5): fsync, notify, commit if due, store the final Ack.
+
+        Each step that succeeded is recorded, so a repeated final fragment resumes at the first
+        step that did not: a cached notification is never sent again.
+        """
         self.backend.sync(record.id)
         record.state = SessionState.COMPLETE
-        if self.directory.commit_on == "final-fragment" and not record.committed:
-            try:
+        try:
+            if self.directory.reply_mode and not record.notified:
+                self._notify(record, request)
+                self._saved(record, Ack(), durable=True)  # the NotifyCache
+            if self._copy_due(record) and self.directory.commit_on == "final-fragment":
                 self._commit(record)
-            except BITSError:
-                self._saved(record, Ack(), durable=True)
-                raise
+        except BITSError:
+            self._saved(record, Ack(), durable=True)
+            raise
         record.state = SessionState.WAIT_FOR_CLOSE
         log.info(
             "session %s: upload of %d bytes to %s complete%s",
@@ -274,7 +320,177 @@ class UploadServer:
             record.destination,
             ", committed" if record.committed else "",
         )
-        return self._saved(record, Ack(received=record.received), durable=True)
+        ack = self._saved(record, self._final_ack(record), durable=True)
+        if self.events.wants("upload_complete"):
+            self._emit("upload_complete", record, sha256=self._upload_sha256(record))
+        return ack
+
+    def _final_ack(self, record: SessionRecord) -> Ack:
+        return Ack(received=record.received, reply_url=record.reply_url)
+
+    def _copy_due(self, record: SessionRecord) -> bool:
+        """Plain uploads are always copied; reply uploads only if the application asked."""
+        if record.committed:
+            return False
+        return not self.directory.reply_mode or record.copy_to_destination
+
+    # -- notification (§7) ---------------------------------------------------------------------
+
+    def _notify(self, record: SessionRecord, request: RequestInfo) -> None:
+        settings = self.directory
+        backend = self.backend
+        assert isinstance(backend, LocalFiles)  # checked in __init__
+        reply_path = backend.reply_path(record.id)
+        by_reference = settings.notification_type == "by-reference"
+        upload = Upload(
+            session_id=format_session_id(record.id),
+            owner=record.owner,
+            original_url=record.url,
+            size=record.received,
+            notification_type=settings.notification_type,
+            data_path=backend.data_path(record.id),
+            reply_path=reply_path if by_reference else None,
+        )
+        with contextlib.suppress(FileNotFoundError):
+            reply_path.unlink()  # nothing of an earlier failed attempt is kept
+        try:
+            answer = deliver(
+                self._target(request),
+                upload,
+                urlsplit(record.url).query,
+                reply_path,
+                settings.notification_timeout,
+            )
+        except BITSError as error:
+            with contextlib.suppress(FileNotFoundError):
+                reply_path.unlink()
+            log.warning("session %s: notification failed: %s", upload.session_id, error)
+            raise
+        if answer.static_url is not None:
+            with contextlib.suppress(FileNotFoundError):
+                reply_path.unlink()  # a static reply is the application's, never stored here
+            record.reply_url = answer.static_url
+        else:
+            if not reply_path.exists():
+                reply_path.touch()  # D22: no reply is an empty reply
+            record.reply_url = self._reply_url(request, record.id)
+        record.notified = True
+        record.copy_to_destination = answer.copy_to_destination
+
+    def _target(self, request: RequestInfo) -> Target:
+        url = self.directory.notification_url
+        if callable(url):
+            return CallableTarget(url)
+        if url is not None and urlsplit(url).scheme:
+            return HttpTarget(url, self.directory.notification_timeout)
+        if request.notification_target is None:
+            raise InternalError("a relative notification URL is reachable only through WSGI")
+        return request.notification_target
+
+    def _reply_url(self, request: RequestInfo, session_id: str) -> str:
+        """Absolute, on the host of the completing request (D20)."""
+        url = (
+            f"{request.base_url.rstrip('/')}{self.directory.prefix}"
+            f"{paths.STATE_DIR_NAME}/Replies/%7B{session_id}%7D/responsefile.bin"
+        )
+        if len(url) > paths.MAX_TARGET_LENGTH:
+            raise InvalidRequest("reply URL longer than 2,200 characters")
+        return url
+
+    def reply_file(self, raw_session_id: str, identity: str) -> Path:
+        """The reply a GET may download (§7.5), after the owner check; refreshes activity."""
+        session_id = normalise_session_id(raw_session_id)
+        if session_id is None or not isinstance(self.backend, LocalFiles):
+            raise ReplyUnavailable(404, "no such reply")
+        try:
+            with self.backend.lock(session_id, self.directory.lock_timeout):
+                try:
+                    record = self.backend.load(session_id)
+                except CorruptRecord:
+                    record = None
+                if record is None or record.state.is_tombstone or self._expire_if_stale(record):
+                    raise ReplyUnavailable(404, "no such reply")
+                if record.owner != identity:
+                    status = 401 if not identity else 403
+                    raise ReplyUnavailable(status, "the reply belongs to another identity")
+                path = self.backend.reply_path(session_id)
+                if not record.notified or not path.is_file():
+                    raise ReplyUnavailable(404, "no stored reply")
+                self._saved(record, Ack())
+                return path
+        except LockTimeout:
+            raise ReplyUnavailable(503, "session busy") from None
+
+    # -- sha256 while the bytes stream in --------------------------------------------------------
+
+    def _hashing(self, record: SessionRecord, chunks: Iterator[bytes]) -> Iterable[bytes]:
+        """Hash the bytes as they are written, when a hook wants the upload's sha256.
+
+        The running hash lives in this process only; when the next fragment lands in another
+        worker (or after a restart), :meth:`_upload_sha256` reads the file once instead.
+        """
+        if not self.events.wants("upload_complete"):
+            return chunks
+        with self._hashes_guard:
+            entry = self._hashes.pop(record.id, None)
+        if entry is not None and entry[0] == record.received:
+            hasher = entry[1]
+        elif record.received == 0:
+            hasher = hashlib.sha256()
+        else:
+            return chunks
+
+        def hashed() -> Iterator[bytes]:
+            count = record.received
+            for chunk in chunks:
+                hasher.update(chunk)
+                count += len(chunk)
+                yield chunk
+            with self._hashes_guard:
+                self._hashes[record.id] = (count, hasher)
+                while len(self._hashes) > HASH_CACHE_SIZE:
+                    self._hashes.popitem(last=False)
+
+        return hashed()
+
+    def _forget_hash(self, session_id: str) -> None:
+        with self._hashes_guard:
+            self._hashes.pop(session_id, None)
+
+    def _upload_sha256(self, record: SessionRecord) -> str | None:
+        with self._hashes_guard:
+            entry = self._hashes.pop(record.id, None)
+        if entry is not None and entry[0] == record.received:
+            return entry[1].hexdigest()
+        if record.received == 0:
+            return hashlib.sha256().hexdigest()
+        if not isinstance(self.backend, LocalFiles):
+            return None
+        try:
+            with open(self.backend.data_path(record.id), "rb") as data:
+                return hashlib.file_digest(data, "sha256").hexdigest()
+        except FileNotFoundError:
+            return None
+
+    def _emit(self, kind: EventKind, record: SessionRecord, *, sha256: str | None = None) -> None:
+        if not self.events.wants(kind):
+            return
+        committed = None
+        if kind == "upload_complete" and record.committed:
+            committed = paths.resolve_destination(self.directory.upload_dir, record.destination)
+        self.events.emit(
+            SessionEvent(
+                kind=kind,
+                session_id=format_session_id(record.id),
+                owner=record.owner,
+                destination=record.destination,
+                prefix=self.directory.prefix,
+                received=record.received,
+                total=record.total,
+                path=committed,
+                sha256=sha256,
+            )
+        )
 
     def _commit(self, record: SessionRecord) -> None:
         settings = self.directory
@@ -292,13 +508,9 @@ class UploadServer:
         record.committed = True
 
     def _close(self, record: SessionRecord) -> Ack:
-        commit_due = (
-            record.state is SessionState.WAIT_FOR_CLOSE
-            and self.directory.commit_on == "close"
-            and not record.committed
-        )
-        if commit_due:
-            self._commit(record)  # a 403 here keeps the session as it is
+        if record.state is SessionState.WAIT_FOR_CLOSE and self._copy_due(record):
+            # commit_on="close" (a 403 here keeps the session as it is)
+            self._commit(record)
         return self._tombstone(record, SessionState.CLOSED)
 
     def _cancel(self, record: SessionRecord) -> Ack:
@@ -309,7 +521,10 @@ class UploadServer:
         # sweep can remove, never a live session with its data gone.
         self.backend.save(record.tombstone(state, self._clock()), durable=True)
         self.backend.discard_data(record.id)
+        self._forget_hash(record.id)
         log.info("session %s: %s", format_session_id(record.id), state.value)
+        closed = state is SessionState.CLOSED
+        self._emit("session_closed" if closed else "session_cancelled", record)
         return Ack()
 
     def _saved(self, record: SessionRecord, ack: Ack, *, durable: bool = False) -> Ack:

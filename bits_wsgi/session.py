@@ -43,6 +43,10 @@ class SessionRecord:
     received: int = 0
     total: int | None = None
     committed: bool = False
+    # The NotifyCache (§6.3): the application's successful answer, kept once it succeeded.
+    notified: bool = False
+    copy_to_destination: bool = False
+    reply_url: str | None = None
 
     @property
     def is_complete(self) -> bool:
@@ -68,8 +72,11 @@ class SessionRecord:
                 received=_typed(data["received"], int),
                 total=None if data["total"] is None else _typed(data["total"], int),
                 committed=_typed(data["committed"], bool),
+                notified=_typed(data.get("notified", False), bool),
+                copy_to_destination=_typed(data.get("copy_to_destination", False), bool),
+                reply_url=_optional_str(data.get("reply_url")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CorruptRecord(f"malformed session record: {exc}") from exc
         if record.received < 0 or (record.total is not None and record.received > record.total):
             raise CorruptRecord(f"session {record.id}: offset {record.received} out of range")
@@ -87,6 +94,10 @@ def _typed(value: Any, kind: type | tuple[type, ...]) -> Any:
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise TypeError(f"expected {kind}, got {type(value).__name__}")
     return value
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else _typed(value, str)
 
 
 def is_expired(record: SessionRecord, now: float, session_timeout: float) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..session import SessionRecord
 
@@ -49,7 +49,7 @@ class Backend(Protocol):
         """
 
     def discard_data(self, session_id: str) -> None:
-        """Delete the temporary data, keeping the record (for a tombstone)."""
+        """Delete the temporary data and any stored reply, keeping the record (a tombstone)."""
 
     def delete(self, session_id: str) -> None:
         """Delete everything of the session: data, record, lock file, owner index entry."""
@@ -65,3 +65,18 @@ class Backend(Protocol):
 
     def session_ids(self) -> Iterator[str]:
         """Every stored id, tombstones included, for sweeps."""
+
+
+@runtime_checkable
+class LocalFiles(Protocol):
+    """Optional capability: the upload and its reply are files on this host.
+
+    Upload-reply mode needs it: by-reference notifications name these paths, and replies are
+    served from them.
+    """
+
+    def data_path(self, session_id: str) -> Path:
+        """The file holding the session's uploaded bytes."""
+
+    def reply_path(self, session_id: str) -> Path:
+        """Where the session's reply lives; its folder is created if missing."""

@@ -5,6 +5,7 @@ Layout (IIS names where IIS has them)::
     BITS-Sessions/
       Requests/{ID}/requestfile.bin   the upload's bytes, appended in order
       Requests/{ID}/session.json      the record, replaced atomically
+      Replies/{ID}/responsefile.bin   the server application's reply (upload-reply mode)
       Locks/{ID}.lock                 flock target, kept apart so it outlives the data
       Owners/<sha256 of owner>/{ID}   empty markers: the per-identity session count
 
@@ -32,6 +33,7 @@ from ..paths import state_dir
 from ..session import SessionRecord
 
 DATA_NAME = "requestfile.bin"
+REPLY_NAME = "responsefile.bin"
 RECORD_NAME = "session.json"
 #: A crashed create leaves a staging folder; it is swept after this long.
 STAGING_MAX_AGE = 3600.0
@@ -42,9 +44,10 @@ class FilesystemBackend:
         self.root = Path(root)
         self.state = state_dir(self.root)
         self._requests = self.state / "Requests"
+        self._replies = self.state / "Replies"
         self._locks = self.state / "Locks"
         self._owners = self.state / "Owners"
-        for folder in (self._requests, self._locks, self._owners):
+        for folder in (self._requests, self._replies, self._locks, self._owners):
             folder.mkdir(parents=True, exist_ok=True)
 
     # -- paths: ids reaching here are normalised GUIDs (protocol.normalise_session_id) --------
@@ -54,6 +57,11 @@ class FilesystemBackend:
 
     def data_path(self, session_id: str) -> Path:
         return self._session_dir(session_id) / DATA_NAME
+
+    def reply_path(self, session_id: str) -> Path:
+        folder = self._replies / f"{{{session_id}}}"
+        folder.mkdir(exist_ok=True)
+        return folder / REPLY_NAME
 
     def _owner_dir(self, owner: str) -> Path:
         return self._owners / hashlib.sha256(owner.encode("utf-8")).hexdigest()[:32]
@@ -136,6 +144,7 @@ class FilesystemBackend:
     def discard_data(self, session_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.data_path(session_id).unlink()
+        shutil.rmtree(self._replies / f"{{{session_id}}}", ignore_errors=True)
 
     def delete(self, session_id: str) -> None:
         record: SessionRecord | None
@@ -144,6 +153,7 @@ class FilesystemBackend:
         except CorruptRecord:
             record = None
         shutil.rmtree(self._session_dir(session_id), ignore_errors=True)
+        shutil.rmtree(self._replies / f"{{{session_id}}}", ignore_errors=True)
         if record is not None:
             self._forget_owner(record.owner, session_id)
         with contextlib.suppress(FileNotFoundError):
