@@ -126,7 +126,7 @@ class HttpTarget(Target):
         connection_class = (
             http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         )
-        connection = connection_class(parts.netloc, timeout=self.timeout)
+        connection = connection_class(parts.netloc, timeout=self.timeout, blocksize=_CHUNK)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         headers = {"User-Agent": "bits_wsgi", "Accept": "*/*", **notification_headers(upload)}
         try:

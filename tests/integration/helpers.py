@@ -86,11 +86,16 @@ class Server:
         return children
 
 
-@contextlib.contextmanager
-def bits_serve(root: Path, log: Path, *args: str, port: int | None = None) -> Iterator[Server]:
+def start_serve(root: Path, log: Path, *args: str, port: int | None = None) -> Server:
+    """`bits-wsgi serve ROOT` on a free loopback port; the caller stops it."""
     port = port or free_port()
     command = [sys.executable, "-m", "bits_wsgi", "serve", str(root), "--port", str(port), *args]
-    server = Server(command, port, log)
+    return Server(command, port, log)
+
+
+@contextlib.contextmanager
+def bits_serve(root: Path, log: Path, *args: str, port: int | None = None) -> Iterator[Server]:
+    server = start_serve(root, log, *args, port=port)
     try:
         yield server
     finally:
