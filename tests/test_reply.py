@@ -461,3 +461,16 @@ def test_concurrent_final_fragments_notify_once(tmp_path: Path) -> None:
         thread.join()
     assert statuses == [200, 200, 200]
     assert len(app.calls) == 1
+
+
+def test_reply_is_gone_after_expiry(tmp_path: Path) -> None:
+    app = App()
+    client = make(tmp_path, app, session_timeout=60)
+    url = upload(client, DATA).headers["BITS-Reply-URL"]
+    assert reply_of(client, url).status_int == 200
+    for path in (tmp_path / "BITS-Sessions" / "Requests").glob("*/session.json"):
+        record = json.loads(path.read_text())
+        record["last_activity"] -= 61
+        path.write_text(json.dumps(record))
+    assert reply_of(client, url).status_int == 404
+    assert list((tmp_path / "BITS-Sessions" / "Replies").iterdir()) == []
