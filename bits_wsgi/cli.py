@@ -1,19 +1,28 @@
-"""The ``bits-wsgi`` command: ``serve`` a directory to BITS clients, ``cleanup`` old sessions."""
+"""The ``bits-wsgi`` command: ``serve``, ``upload``, ``sessions`` and ``cleanup``."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
+import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from . import paths
 from .auth import BasicAuth
+from .backends import FilesystemBackend
+from .client import DEFAULT_FRAGMENT, UploadClient, UploadError
 from .config import DEFAULT_MAX_FRAGMENT_SIZE, DEFAULT_SESSION_TIMEOUT, UploadDirectory
+from .errors import CorruptRecord
 from .middleware import BITSMiddleware
+from .progress import ProgressPrinter
+from .protocol import format_session_id
 from .server import UploadServer
 
 if TYPE_CHECKING:
@@ -81,6 +90,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, default=8)
     serve.add_argument("--log-level", default="info")
 
+    upload = commands.add_parser("upload", help="upload FILE to a BITS server at URL")
+    upload.add_argument("file")
+    upload.add_argument("url", help="http(s) URL of the destination")
+    upload.add_argument("--user", default=None, metavar="NAME:PASSWORD", help="Basic auth")
+    upload.add_argument("--reply-to", default=None, metavar="FILE", help="save the reply here")
+    upload.add_argument(
+        "--state-file",
+        default=None,
+        help="where progress is kept to resume on the next run (default: in ~/.cache/bits-wsgi)",
+    )
+    upload.add_argument("--fragment-size", type=int, default=DEFAULT_FRAGMENT, metavar="BYTES")
+    upload.add_argument("--retries", type=int, default=8, help="per packet, with backoff")
+    upload.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
+    upload.add_argument("--quiet", action="store_true", help="no progress output")
+
+    sessions = commands.add_parser("sessions", help="list the sessions under ROOT")
+    sessions.add_argument("root")
+    sessions.add_argument("--json", action="store_true", help="one JSON object per session")
+    sessions.add_argument("--all", action="store_true", help="include closed and cancelled")
+
     cleanup = commands.add_parser("cleanup", help="remove expired sessions under ROOT")
     cleanup.add_argument("root")
     cleanup.add_argument(
@@ -99,13 +128,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(args, "log_level", "info").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "serve": _serve,
+        "upload": _upload,
+        "sessions": _sessions,
+        "cleanup": _cleanup,
+    }
     try:
-        if args.command == "serve":
-            return _serve(args)
-        return _cleanup(args)
+        return commands[args.command](args)
     except ValueError as exc:
         print(f"bits-wsgi: {exc}", file=sys.stderr)
         return 2
+    except UploadError as exc:
+        print(f"bits-wsgi: upload failed: {exc}", file=sys.stderr)
+        return 1
 
 
 def build_app(args: argparse.Namespace) -> WSGIApplication:
@@ -167,6 +203,86 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     host = f"[{args.host}]" if ":" in args.host else args.host
     serve(app, bind=f"{host}:{args.port}", workers=args.workers, threads=args.threads)
+    return 0
+
+
+def _upload(args: argparse.Namespace) -> int:
+    user = password = None
+    if args.user:
+        user, sep, password = args.user.partition(":")
+        if not sep:
+            raise ValueError("--user takes NAME:PASSWORD")
+    source = Path(args.file)
+    if not source.is_file():
+        raise ValueError(f"{source} is not a file")
+    state_file = Path(args.state_file) if args.state_file else default_state_file(source, args.url)
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    client = UploadClient(
+        args.url,
+        user=user,
+        password=password,
+        fragment_size=args.fragment_size,
+        retries=args.retries,
+        timeout=args.timeout,
+        state_file=state_file,
+        progress=None if args.quiet else ProgressPrinter(sys.stderr),
+    )
+    result = client.upload(source, reply_to=args.reply_to)
+    print(f"uploaded {result.size} bytes to {args.url} (session {result.session_id})")
+    if result.reply_path is not None:
+        print(f"reply saved to {result.reply_path}")
+    elif result.reply_url:
+        print(f"reply available at {result.reply_url} (not downloaded: no --reply-to)")
+    return 0
+
+
+def default_state_file(source: Path, url: str) -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bits-wsgi"
+    key = hashlib.sha256(f"{source.resolve()}\n{url}".encode()).hexdigest()[:32]
+    return cache / f"{key}.json"
+
+
+def _sessions(args: argparse.Namespace) -> int:
+    if not os.path.isdir(Path(args.root) / paths.STATE_DIR_NAME):
+        raise ValueError(f"{args.root} holds no sessions ({paths.STATE_DIR_NAME}/ is missing)")
+    backend = FilesystemBackend(Path(args.root))
+    now = time.time()
+    rows: list[dict[str, object]] = []
+    for session_id in sorted(backend.session_ids()):
+        try:
+            record = backend.load(session_id)
+        except CorruptRecord:
+            rows.append({"id": format_session_id(session_id), "state": "unreadable"})
+            continue
+        if record is None or (record.state.is_tombstone and not args.all):
+            continue
+        rows.append(
+            {
+                "id": format_session_id(record.id),
+                "owner": record.owner,
+                "destination": record.destination,
+                "received": record.received,
+                "total": record.total,
+                "state": record.state.value,
+                "idle_seconds": round(max(0.0, now - record.last_activity)),
+                "created": record.created,
+            }
+        )
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    print(f"{'SESSION':40} {'OWNER':12} {'STATE':14} {'RECEIVED':>23} {'IDLE':>9}  DESTINATION")
+    for row in rows:
+        total = "?" if row.get("total") is None else row["total"]
+        received = f"{row.get('received', '-')}/{total}"
+        idle = row.get("idle_seconds")
+        idle_text = "-" if idle is None else f"{idle}s"
+        print(
+            f"{row['id']!s:40} {str(row.get('owner') or '-')[:12]:12} {row['state']!s:14} "
+            f"{received:>23} {idle_text:>9}  "
+            f"{row.get('destination', '-')}"
+        )
     return 0
 
 

@@ -96,3 +96,35 @@ def test_serve_options_reach_the_upload_directory(tmp_path: Path) -> None:
     assert directory.allow_overwrites and directory.max_upload_size == 1000
     assert directory.session_limit is None and directory.host_id == "node1"
     assert directory.commit_on == "close"
+
+
+def test_sessions_lists_active_sessions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = BITSMiddleware(fallback_app, tmp_path)
+    alice = BitsClient(app, path="/dumps/a.dmp", user="alice")
+    alice.create()
+    alice.fragment(b"x" * 100, 0, 1000)
+    done = BitsClient(app, path="/b.bin")
+    done.upload(b"y")
+    done.close()
+    assert main(["sessions", str(tmp_path), "--json"]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["id"] == alice.session_id
+    assert (row["owner"], row["destination"], row["received"], row["total"]) == (
+        "alice",
+        "dumps/a.dmp",
+        100,
+        1000,
+    )
+    assert row["state"] == "receiving" and row["idle_seconds"] >= 0
+    assert main(["sessions", str(tmp_path), "--all"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["SESSION", "OWNER", "STATE"]
+    assert any("100/1000" in line and "dumps/a.dmp" in line for line in table)
+    assert any("closed" in line for line in table)
+
+
+def test_sessions_of_a_directory_without_sessions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["sessions", str(tmp_path)]) == 2
+    assert "holds no sessions" in capsys.readouterr().err

@@ -1,0 +1,410 @@
+"""A BITS upload client for Linux and macOS: the client side of the protocol, as Windows does it.
+
+``bits-wsgi upload FILE URL`` uses it; so do our end-to-end tests and benchmarks::
+
+    from bits_wsgi.client import UploadClient
+
+    result = UploadClient("http://server:8000/uploads/dump.bin").upload("dump.bin")
+
+What it does, after Windows (PROTOCOL.md §5.2): Create-Session, then fragments from the
+server's offset; a 416 or a 200 whose received offset differs resynchronises to it; a 413 halves
+the fragment size (never below 5 KB); ``0x8020001F`` (session not found) starts a new session
+from byte 0; 503, 5xx and network errors are retried with exponential backoff; ``BITS-Host-Id``
+sends the rest of the session to that host, falling back to the original one after
+``BITS-Host-Id-Fallback-Timeout``; an upload-reply's reply is downloaded (resuming with byte
+ranges) before Close-Session. With a state file, an interrupted upload resumes where it stopped
+on the next run.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit, urlunsplit
+
+from .protocol import PROTOCOL_GUID
+
+MIN_FRAGMENT = 5 * 1024
+DEFAULT_FRAGMENT = 1024 * 1024
+MAX_FRAGMENT = 8 * 1024 * 1024
+SESSION_NOT_FOUND = "0x8020001F"
+
+
+class UploadError(Exception):
+    """The upload cannot go on: a fatal Ack, or retries exhausted."""
+
+
+class _Transient(Exception):
+    """Worth retrying: a network error, 503, or a 5xx the client retries (§5.2)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    sent: int
+    total: int
+    #: bytes per second over the upload so far
+    rate: float
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    session_id: str
+    size: int
+    reply_url: str | None
+    reply_path: Path | None
+    restarts: int
+
+
+@dataclass
+class _Ack:
+    status: int
+    headers: dict[str, str]
+
+    def get(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    @property
+    def received(self) -> int | None:
+        value = self.get("BITS-Received-Content-Range")
+        return int(value) if value is not None and value.isdigit() else None
+
+    @property
+    def error(self) -> str:
+        return self.get("BITS-Error-Code") or self.get("BITS-Error") or "-"
+
+
+class UploadClient:
+    def __init__(
+        self,
+        url: str,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        fragment_size: int = DEFAULT_FRAGMENT,
+        max_fragment_size: int = MAX_FRAGMENT,
+        retries: int = 8,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        timeout: float = 60.0,
+        state_file: str | os.PathLike[str] | None = None,
+        progress: Callable[[Progress], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self.url = url
+        self._origin = parts
+        self._host = parts.netloc
+        self._target = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        self._auth = None
+        if user is not None:
+            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode("ascii")
+            self._auth = f"Basic {token}"
+        self.fragment_size = max(MIN_FRAGMENT, min(fragment_size, max_fragment_size))
+        self.max_fragment_size = max_fragment_size
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.timeout = timeout
+        self.state_file = Path(state_file) if state_file is not None else None
+        self._progress = progress
+        self._sleep = sleep
+        self._connection: http.client.HTTPConnection | None = None
+        self._host_id: str | None = None
+        self._host_id_deadline = 0.0
+
+    # -- public --------------------------------------------------------------------------------
+
+    def upload(
+        self, path: str | os.PathLike[str], reply_to: str | os.PathLike[str] | None = None
+    ) -> UploadResult:
+        """Upload the file; on success it is committed (or answered) and the session closed."""
+        source = Path(path)
+        stat = source.stat()
+        total = stat.st_size
+        restarts = 0
+        started = time.monotonic()
+        session_id, offset = self._resume_state(source, stat)
+        with open(source, "rb") as data:
+            while True:
+                if session_id is None:
+                    session_id = self._create()
+                    offset = 0
+                    self._save_state(source, stat, session_id, offset)
+                try:
+                    final = self._send_all(data, session_id, offset, total, source, stat, started)
+                    break
+                except _SessionLost:
+                    restarts += 1
+                    if restarts > 3:
+                        raise UploadError("the server keeps losing the session") from None
+                    session_id = None
+            reply_url = final.get("BITS-Reply-URL")
+            reply_path = None
+            if reply_url and reply_to is not None:
+                reply_path = Path(reply_to)
+                self._download(reply_url, reply_path)
+            self._close(session_id)
+        self._clear_state()
+        return UploadResult(
+            session_id=session_id,
+            size=total,
+            reply_url=reply_url,
+            reply_path=reply_path,
+            restarts=restarts,
+        )
+
+    # -- packets -------------------------------------------------------------------------------
+
+    def _create(self) -> str:
+        self._host_id = None
+        ack = self._packet("Create-Session", {"BITS-Supported-Protocols": PROTOCOL_GUID})
+        if ack.status != 200:
+            raise UploadError(f"Create-Session refused: {ack.status} {ack.error}")
+        session_id = ack.get("BITS-Session-Id")
+        if not session_id:
+            raise UploadError("Create-Session Ack without a session id")
+        host_id = ack.get("BITS-Host-Id")
+        if host_id:
+            fallback = ack.get("BITS-Host-Id-Fallback-Timeout") or "86400"
+            self._host_id = host_id
+            self._host_id_deadline = float(fallback) if fallback.isdigit() else 86400.0
+            self._switch_host(host_id)
+            self._packet("Ping", {})
+        return session_id
+
+    def _send_all(
+        self,
+        data: IO[bytes],
+        session_id: str,
+        offset: int,
+        total: int,
+        source: Path,
+        stat: os.stat_result,
+        started: float,
+    ) -> _Ack:
+        if total == 0:
+            ack = self._fragment(session_id, b"", 0, 0)
+            return self._check_fragment(ack, 0, 0)
+        first_offset = offset
+        while True:
+            length = min(self.fragment_size, total - offset)
+            body = os.pread(data.fileno(), length, offset)
+            if len(body) != length:
+                raise UploadError(f"{source} changed while uploading")
+            ack = self._fragment(session_id, body, offset, total)
+            if ack.status == 413:
+                if self.fragment_size <= MIN_FRAGMENT:
+                    raise UploadError("the server refuses even the smallest fragment")
+                # and never grow back past what the server refused
+                self.fragment_size = max(MIN_FRAGMENT, self.fragment_size // 2)
+                self.max_fragment_size = self.fragment_size
+                continue
+            received = self._check_fragment(ack, offset, total).received
+            assert received is not None
+            if ack.status == 200 and received == offset + length and length == self.fragment_size:
+                self.fragment_size = min(self.max_fragment_size, self.fragment_size * 2)
+            offset = received
+            self._save_state(source, stat, session_id, offset)
+            self._report(offset, total, offset - first_offset, started)
+            if offset >= total:
+                return ack
+
+    def _check_fragment(self, ack: _Ack, offset: int, total: int) -> _Ack:
+        if ack.status == 500 and ack.error == SESSION_NOT_FOUND:
+            raise _SessionLost()
+        if ack.status in (200, 416) and ack.received is not None:
+            if not 0 <= ack.received <= total:
+                raise UploadError(f"the server claims {ack.received} of {total} bytes")
+            return ack
+        raise UploadError(f"fragment at {offset} refused: {ack.status} {ack.error}")
+
+    def _fragment(self, session_id: str, body: bytes, offset: int, total: int) -> _Ack:
+        content_range = f"bytes {offset}-{offset + len(body) - 1}/{total}" if body else "bytes */0"
+        return self._packet(
+            "Fragment",
+            {"BITS-Session-Id": session_id, "Content-Range": content_range},
+            body,
+        )
+
+    def _close(self, session_id: str) -> None:
+        ack = self._packet("Close-Session", {"BITS-Session-Id": session_id})
+        if ack.status != 200:
+            raise UploadError(f"Close-Session refused: {ack.status} {ack.error}")
+
+    def _packet(self, packet_type: str, headers: dict[str, str], body: bytes = b"") -> _Ack:
+        """Send one packet, retrying transient failures with exponential backoff and jitter."""
+        sent = {"BITS-Packet-Type": packet_type, "Content-Length": str(len(body)), **headers}
+        sent["User-Agent"] = "bits_wsgi client"
+        if self._auth:
+            sent["Authorization"] = self._auth
+        delay = self.backoff
+        failing_since: float | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                ack = self._request("BITS_POST", sent, body)
+                if ack.status == 401:
+                    raise UploadError("authentication failed (401)")
+                if _is_transient(packet_type, ack):
+                    raise _Transient(f"{ack.status} {ack.error}")
+                return ack
+            except (_Transient, OSError, http.client.HTTPException) as exc:
+                self._drop_connection()
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if self._host_id and now - failing_since > self._host_id_deadline:
+                    self._switch_host(self._origin.netloc)  # Host-Id fallback
+                    self._host_id = None
+                if attempt == self.retries:
+                    raise UploadError(f"{packet_type} failed after retries: {exc}") from exc
+                self._sleep(min(self.max_backoff, delay) * random.uniform(0.8, 1.2))
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _request(self, method: str, headers: dict[str, str], body: bytes) -> _Ack:
+        connection = self._connect()
+        connection.request(method, self._target, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        if response.will_close:
+            self._drop_connection()
+        return _Ack(response.status, {k.lower(): v for k, v in response.getheaders()})
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._connection is None:
+            cls = (
+                http.client.HTTPSConnection
+                if self._origin.scheme == "https"
+                else http.client.HTTPConnection
+            )
+            self._connection = cls(self._host, timeout=self.timeout)
+        return self._connection
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _switch_host(self, host: str) -> None:
+        """Host-Id names a host; the port and scheme stay those of the upload URL."""
+        port = self._origin.port
+        self._host = host if ":" in host or port is None else f"{host}:{port}"
+        self._drop_connection()
+
+    # -- upload-reply ----------------------------------------------------------------------------
+
+    def _download(self, url: str, target: Path) -> None:
+        """GET the reply into ``target``, resuming with a Range after a broken connection."""
+        parts = urlsplit(url)
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        path = urlunsplit(("", "", parts.path, parts.query, ""))
+        partial = target.with_name(target.name + ".part")
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            have = partial.stat().st_size if partial.exists() else 0
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            if self._auth:
+                headers["Authorization"] = self._auth
+            connection = cls(parts.netloc, timeout=self.timeout)
+            try:
+                connection.request("GET", path, headers=headers)
+                response = connection.getresponse()
+                if response.status == 416 and have:
+                    response.read()
+                    break  # everything is here already
+                if response.status not in (200, 206):
+                    raise UploadError(f"reply download failed: {response.status}")
+                mode = "ab" if response.status == 206 else "wb"
+                with open(partial, mode) as out:
+                    while block := response.read(1024 * 1024):
+                        out.write(block)
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                if attempt == self.retries:
+                    raise UploadError(f"reply download failed: {exc}") from exc
+                self._sleep(min(self.max_backoff, delay))
+                delay *= 2
+            finally:
+                connection.close()
+        os.replace(partial, target)
+
+    # -- state and progress ----------------------------------------------------------------------
+
+    def _resume_state(self, source: Path, stat: os.stat_result) -> tuple[str | None, int]:
+        if self.state_file is None or not self.state_file.exists():
+            return None, 0
+        try:
+            state = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return None, 0
+        same = (
+            isinstance(state, dict)
+            and state.get("url") == self.url
+            and state.get("file") == str(source.resolve())
+            and state.get("size") == stat.st_size
+            and state.get("mtime_ns") == stat.st_mtime_ns
+        )
+        if not same or not isinstance(state.get("session_id"), str):
+            return None, 0
+        offset = state.get("offset", 0)
+        host = state.get("host")
+        if isinstance(host, str) and host != self._origin.netloc:
+            self._host = host
+        return state["session_id"], offset if isinstance(offset, int) else 0
+
+    def _save_state(self, source: Path, stat: os.stat_result, session_id: str, offset: int) -> None:
+        if self.state_file is None:
+            return
+        state = {
+            "url": self.url,
+            "file": str(source.resolve()),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "session_id": session_id,
+            "offset": offset,
+            "host": self._host,
+        }
+        staged = self.state_file.with_name(self.state_file.name + ".tmp")
+        staged.write_text(json.dumps(state))
+        os.replace(staged, self.state_file)
+
+    def _clear_state(self) -> None:
+        if self.state_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.state_file.unlink()
+
+    def _report(self, offset: int, total: int, sent_now: int, started: float) -> None:
+        if self._progress is not None:
+            elapsed = max(time.monotonic() - started, 1e-6)
+            self._progress(Progress(sent=offset, total=total, rate=sent_now / elapsed))
+
+
+def _is_transient(packet_type: str, ack: _Ack) -> bool:
+    """How Windows classifies an answer (PROTOCOL.md §5.2): retry later, or give up."""
+    status = ack.status
+    if ack.get("BITS-Packet-Type") != "Ack":  # a proxy's error page, not the server's Ack
+        return status >= 500 or status in (408, 429)
+    if status in (503, 504) or ack.error == "0x80070070":  # busy, or the disk may free up
+        return True
+    if ack.get("BITS-Error-Context") == "0x7":  # the server application failed
+        if 300 <= status < 400:
+            return status not in (300, 301, 302, 303, 304, 305, 307)
+        if 400 <= status < 500:
+            return status in (408, 409)
+        return status not in (501, 505)
+    closing = packet_type in ("Close-Session", "Cancel-Session")
+    return closing and status >= 500 and ack.error != SESSION_NOT_FOUND
+
+
+class _SessionLost(Exception):
+    """500 0x8020001F: the client starts over with a new session (MC-BUP §3.1.5.2.1)."""
