@@ -129,7 +129,12 @@ class UploadClient:
         self, path: str | os.PathLike[str], reply_to: str | os.PathLike[str] | None = None
     ) -> UploadResult:
         """Upload the file; on success it is committed (or answered) and the session closed."""
-        source = Path(path)
+        try:
+            return self._upload(Path(path), reply_to)
+        finally:
+            self._drop_connection()
+
+    def _upload(self, source: Path, reply_to: str | os.PathLike[str] | None) -> UploadResult:
         stat = source.stat()
         total = stat.st_size
         restarts = 0

@@ -124,4 +124,24 @@ class UploadDirectory:
         unknown = set(settings) - known
         if unknown:
             raise ValueError(f"unknown upload directory settings: {sorted(unknown)}")
-        return cls(**settings)
+        values = dict(settings)
+        if "upload_dir" in values:
+            values["upload_dir"] = Path(values["upload_dir"])
+        if "error_headers" in values:
+            values["error_headers"] = tuple(values["error_headers"])
+        return cls(**values)
+
+
+def directories_from_settings(settings: Mapping[str, Any]) -> list[UploadDirectory]:
+    """Framework settings: one directory's options, or ``{"directories": [options, ...]}``."""
+    if "directories" in settings:
+        extra = set(settings) - {"directories"}
+        if extra:
+            raise ValueError(f"with 'directories', no other settings: {sorted(extra)}")
+        entries = settings["directories"]
+        if not entries:
+            raise ValueError("'directories' is empty")
+        return [UploadDirectory.from_mapping(entry) for entry in entries]
+    if "upload_dir" not in settings:
+        raise ValueError("BITS settings need 'upload_dir' (or 'directories')")
+    return [UploadDirectory.from_mapping(settings)]

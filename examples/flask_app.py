@@ -35,6 +35,12 @@ def index() -> str:
     return "Flask answers here; BITS uploads go to /uploads/ and /reply/.\n"
 
 
+@app.post("/echo")
+def echo() -> bytes:
+    """Shows that ordinary requests reach Flask with their bodies intact."""
+    return request.get_data()
+
+
 @app.post("/reply/notify")
 def answer_upload() -> tuple[bytes, int, dict[str, str]]:
     # Only the middleware can set this key: a remote client posting here is refused.

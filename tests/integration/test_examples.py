@@ -1,0 +1,153 @@
+"""The examples, run as the docs say: under gunicorn (and nginx), uploaded to for real."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bits_wsgi.client import UploadClient
+
+from .helpers import Server, free_port
+
+pytestmark = pytest.mark.integration
+
+PROJECT = Path(__file__).resolve().parents[2]
+EXAMPLES = PROJECT / "examples"
+GUNICORN = str(Path(sys.executable).parent / "gunicorn")
+MiB = 1024 * 1024
+
+
+def gunicorn(tmp_path: Path, app: str, cwd: Path, config: str) -> Server:
+    port = free_port()
+    os.environ["BITS_UPLOAD_DIR"] = str(tmp_path / "uploads")
+    try:
+        return Server(
+            [GUNICORN, "-c", config, "--bind", f"127.0.0.1:{port}", "--workers", "2", app],
+            port,
+            tmp_path / "gunicorn.log",
+            cwd=cwd,
+        )
+    finally:
+        del os.environ["BITS_UPLOAD_DIR"]
+
+
+@pytest.fixture(params=["flask", "django"])
+def example(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Server, Path]]:
+    if request.param == "flask":
+        server = gunicorn(tmp_path, "examples.flask_app:app", PROJECT, "examples/gunicorn.conf.py")
+        stored = tmp_path / "uploads" / "files"
+    else:
+        server = gunicorn(
+            tmp_path,
+            "django_site.wsgi:application",
+            EXAMPLES / "django_site",
+            "../gunicorn.conf.py",
+        )
+        stored = tmp_path / "uploads"
+    try:
+        yield server, stored
+    finally:
+        assert server.stop() == 0
+
+
+def request(port: int, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body=body)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def upload_and_check(port: int, stored: Path, tmp_path: Path, size: int) -> None:
+    source = tmp_path / "source.bin"
+    source.write_bytes(os.urandom(size))
+    UploadClient(f"http://127.0.0.1:{port}/uploads/dir/file.bin").upload(source)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert hashlib.sha256((stored / "dir" / "file.bin").read_bytes()).hexdigest() == digest
+
+
+def test_example_under_gunicorn(example: tuple[Server, Path], tmp_path: Path) -> None:
+    server, stored = example
+    upload_and_check(server.port, stored, tmp_path, 5 * MiB + 3)
+    status, page = request(server.port, "GET", "/")
+    assert status == 200 and b"answers here" in page
+    payload = os.urandom(100_000)
+    assert request(server.port, "POST", "/echo", payload) == (200, payload)
+
+
+def test_nginx_in_front_of_the_flask_example(tmp_path: Path) -> None:
+    nginx = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if nginx is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs nginx (.ci/run); it is missing")
+        pytest.skip("Debian's nginx is not installed here (apt-get install nginx)")
+    app = gunicorn(tmp_path, "examples.flask_app:app", PROJECT, "examples/gunicorn.conf.py")
+    port = free_port()
+    prefix = tmp_path / "nginx"
+    (prefix / "logs").mkdir(parents=True)
+    site = (EXAMPLES / "nginx.conf").read_text()
+    site = site.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{app.port};")
+    site = site.replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    (prefix / "bits.conf").write_text(site)
+    (prefix / "nginx.conf").write_text(
+        f"""
+        daemon off;
+        pid {prefix}/nginx.pid;
+        error_log {prefix}/logs/error.log;
+        events {{ worker_connections 64; }}
+        http {{
+            access_log off;
+            client_body_temp_path {prefix}/body;
+            proxy_temp_path {prefix}/proxy;
+            fastcgi_temp_path {prefix}/fastcgi;
+            uwsgi_temp_path {prefix}/uwsgi;
+            scgi_temp_path {prefix}/scgi;
+            include {prefix}/bits.conf;
+        }}
+        """
+    )
+    proxy = Server(
+        [nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")], port, prefix / "out.log"
+    )
+    try:
+        source = tmp_path / "big.bin"
+        source.write_bytes(os.urandom(30 * MiB))
+        client = UploadClient(
+            f"http://127.0.0.1:{port}/uploads/big.bin",
+            fragment_size=13 * 1000 * 1000,
+            max_fragment_size=13 * 1000 * 1000,
+        )
+        client.upload(source)
+        assert client.fragment_size == 13 * 1000 * 1000  # nginx let 13 MB fragments through
+        stored = tmp_path / "uploads" / "files" / "big.bin"
+        assert (
+            hashlib.sha256(stored.read_bytes()).digest()
+            == hashlib.sha256(source.read_bytes()).digest()
+        )
+        assert request(port, "GET", "/")[0] == 200
+    finally:
+        proxy.stop()
+        app.stop()
+
+
+def test_gunicorn_config_is_valid() -> None:
+    result = subprocess.run(
+        [GUNICORN, "-c", "examples/gunicorn.conf.py", "--check-config", "examples.flask_app:app"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
