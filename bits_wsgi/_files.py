@@ -20,13 +20,15 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes, *, durable: bool) -> None:
-    """Temp file, optional fsync, rename: readers see the old or the new content, never half."""
+    """Temp file, fsync, rename (PROTOCOL.md §10.2): the old content or the new, never half.
+
+    ``durable`` also fsyncs the directory, so the rename itself survives a power loss.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data):x}.tmp")
     with open(tmp, "wb") as handle:
         handle.write(data)
-        if durable:
-            handle.flush()
-            os.fsync(handle.fileno())
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
     if durable:
         fsync_dir(path.parent)

@@ -208,15 +208,10 @@ class BITSMiddleware:
             if envelope.packet_type is PacketType.PING:  # step 8
                 ack = Ack()
             else:
-                destination = self._destination(environ, server)  # step 9
+                creating = envelope.packet_type is PacketType.CREATE_SESSION
+                destination = self._destination(environ, server, creating)  # step 9
                 packet = parse_packet(envelope, headers)  # step 10
-                request = RequestInfo(
-                    identity=self._identity(environ, server),
-                    destination=destination,
-                    url=get_current_url(environ),
-                    base_url=get_current_url(environ, root_only=True),
-                    notification_target=self._notification_target(environ, server),
-                )
+                request = self._request_info(environ, server, destination, envelope.packet_type)
                 ack = server.handle(packet, request, body)  # steps 11-12
         except BITSError as error:
             ack = Ack.from_error(error)
@@ -232,13 +227,29 @@ class BITSMiddleware:
         _log_packet(environ, envelope, headers, ack, destination, started)
         return []
 
-    def _destination(self, environ: WSGIEnvironment, server: UploadServer) -> str:
+    def _destination(self, environ: WSGIEnvironment, server: UploadServer, creating: bool) -> str:
+        """Step 9. The filesystem is consulted at Create-Session (and again at commit); later
+        packets must name the session's own destination, so the syntax rules suffice there."""
         target = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO")
         paths.check_target_length(str(target or ""))
         tail = environ.get("PATH_INFO", "")[len(server.directory.prefix) :]
         key = paths.destination_key(tail)
-        paths.resolve_destination(server.directory.upload_dir, key)
+        if creating:
+            paths.resolve_destination(server.directory.upload_dir, key)
         return key
+
+    def _request_info(
+        self, environ: WSGIEnvironment, server: UploadServer, destination: str, kind: PacketType
+    ) -> RequestInfo:
+        """Only what the packet can need: URLs are built for Create and for reply-mode fragments."""
+        replying = server.directory.reply_mode and kind is PacketType.FRAGMENT
+        return RequestInfo(
+            identity=self._identity(environ, server),
+            destination=destination,
+            url=get_current_url(environ) if kind is PacketType.CREATE_SESSION else "",
+            base_url=get_current_url(environ, root_only=True) if replying else "",
+            notification_target=self._notification_target(environ, server) if replying else None,
+        )
 
     def _notification_target(
         self, environ: WSGIEnvironment, server: UploadServer

@@ -110,6 +110,9 @@ class UploadServer:
         if directory.reply_mode and not isinstance(self.backend, LocalFiles):
             raise ValueError("upload-reply mode needs a backend that keeps files on this host")
         self.events = events if events is not None else Events()
+        # Activity is stored at this resolution, so that most fragments write no record at all
+        # (the offset is the data's length); expiry is measured in days, so a minute is nothing.
+        self._activity_resolution = min(60.0, directory.session_timeout / 100)
         self._hashes: OrderedDict[str, tuple[int, hashlib._Hash]] = OrderedDict()
         self._hashes_guard = threading.Lock()
         self._clock = clock
@@ -264,10 +267,10 @@ class UploadServer:
         )
         if plan.action is FragmentAction.FINAL_REPEAT:
             if record.state is SessionState.WAIT_FOR_CLOSE:
-                return self._saved(record, self._final_ack(record))
+                return self._touched(record, self._final_ack(record))
             return self._finish(record, request)
         if plan.action is FragmentAction.DUPLICATE:
-            return self._saved(record, Ack(received=record.received))
+            return self._touched(record, Ack(received=record.received))
 
         try:
             body.skip(plan.skip)
@@ -283,15 +286,18 @@ class UploadServer:
             raise
         if written != plan.write:
             self._forget_hash(record.id)
+            self.backend.write(record.id, record.received, ())  # cut back what it did store
             raise InternalError(f"backend wrote {written} of {plan.write} bytes")
         if self.directory.fsync == "always":
             self.backend.sync(record.id)
-        # §10.2: the data is written before the offset moves.
+        # §10.2: the offset is the data's length, so it moved with the bytes, never before them.
         record.received = plan.received
+        first_bytes = record.total is None
         record.total = packet.range.total
         if record.is_complete:
             return self._finish(record, request)
-        ack = self._saved(record, Ack(received=record.received), durable=False)
+        ack = Ack(received=record.received)
+        ack = self._saved(record, ack) if first_bytes else self._touched(record, ack)
         self._emit("fragment", record)
         return ack
 
@@ -320,7 +326,9 @@ class UploadServer:
             record.destination,
             ", committed" if record.committed else "",
         )
-        ack = self._saved(record, self._final_ack(record), durable=True)
+        # A lost final record is recovered by the next final fragment: the commit is idempotent
+        # and the NotifyCache was stored durably above, so no directory fsync is needed here.
+        ack = self._saved(record, self._final_ack(record))
         if self.events.wants("upload_complete"):
             self._emit("upload_complete", record, sha256=self._upload_sha256(record))
         return ack
@@ -416,7 +424,7 @@ class UploadServer:
                 path = self.backend.reply_path(session_id)
                 if not record.notified or not path.is_file():
                     raise ReplyUnavailable(404, "no stored reply")
-                self._saved(record, Ack())
+                self._touched(record, Ack())
                 return path
         except LockTimeout:
             raise ReplyUnavailable(503, "session busy") from None
@@ -531,6 +539,12 @@ class UploadServer:
         """Refresh the activity time and persist the record, then answer (§6.1)."""
         record.last_activity = self._clock()
         self.backend.save(record, durable=durable or self.directory.fsync == "always")
+        return ack
+
+    def _touched(self, record: SessionRecord, ack: Ack) -> Ack:
+        """Activity only (§6.1): the record is rewritten once per activity resolution."""
+        if self._clock() - record.last_activity >= self._activity_resolution:
+            return self._saved(record, ack)
         return ack
 
     # -- expiry sweeps (§6.4) ------------------------------------------------------------------

@@ -7,7 +7,7 @@ the offset algorithm of PROTOCOL.md §4.2–§4.3 (D2); :func:`is_expired` is D1
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import CorruptRecord, InvalidRequest, RangeGap, UploadTooLarge
@@ -53,9 +53,22 @@ class SessionRecord:
         return self.total is not None and self.received == self.total
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["state"] = self.state.value
-        return data
+        # Written by hand: dataclasses.asdict deep-copies, and this runs on every record write.
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "destination": self.destination,
+            "url": self.url,
+            "state": self.state.value,
+            "created": self.created,
+            "last_activity": self.last_activity,
+            "received": self.received,
+            "total": self.total,
+            "committed": self.committed,
+            "notified": self.notified,
+            "copy_to_destination": self.copy_to_destination,
+            "reply_url": self.reply_url,
+        }
 
     @classmethod
     def from_json(cls, data: Any) -> SessionRecord:

@@ -118,6 +118,21 @@ class BackendContract:
         backend.write(SESSION_A, 3, [b"def"])
         assert self._committed_bytes(backend, root) == b"abcdef"
 
+    def test_the_offset_is_the_length_of_the_data(self, backend: Backend) -> None:
+        backend.create(new_record())
+        backend.write(SESSION_A, 0, [b"1234567"])  # no save: the data alone moves the offset
+        loaded = backend.load(SESSION_A)
+        assert loaded is not None and loaded.received == 7
+
+    def test_a_failed_write_is_cut_back_at_once(self, backend: Backend) -> None:
+        backend.create(new_record())
+        backend.write(SESSION_A, 0, [b"abc"])
+        with pytest.raises(OSError):
+            backend.write(SESSION_A, 3, _Failing(b"partial"))
+        assert backend.data_size(SESSION_A) == 3
+        loaded = backend.load(SESSION_A)
+        assert loaded is not None and loaded.received == 3
+
     def test_sync_keeps_the_data(self, backend: Backend) -> None:
         backend.create(new_record())
         backend.write(SESSION_A, 0, [b"x" * 1000])

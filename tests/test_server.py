@@ -88,3 +88,5 @@ def test_the_server_sweeps_by_itself(tmp_path: Path) -> None:
     while backend.load(stale) is not None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert backend.load(stale) is None
+    assert server._sweep_guard.acquire(timeout=10)  # the sweep thread has finished its log line
+    server._sweep_guard.release()

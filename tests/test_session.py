@@ -139,3 +139,9 @@ def test_malformed_records_are_corrupt_not_crashes(damage: dict[str, Any]) -> No
 def test_non_records_are_corrupt(data: Any) -> None:
     with pytest.raises(CorruptRecord):
         SessionRecord.from_json(data)
+
+
+def test_to_json_names_every_field() -> None:
+    from dataclasses import fields
+
+    assert set(record().to_json()) == {f.name for f in fields(SessionRecord)}

@@ -22,7 +22,9 @@ class Backend(Protocol):
     def load(self, session_id: str) -> SessionRecord | None:
         """The record, or None if unknown. Unreadable records raise ``CorruptRecord``.
 
-        A record's ``received`` never exceeds the data held (clamped here after a crash).
+        For an active, uncommitted session, ``received`` is the length of the data held: the
+        offset is derived from the data (PROTOCOL.md §10.2), so it can never run ahead of it,
+        and a fragment's progress needs no record write.
         """
 
     def save(self, record: SessionRecord, *, durable: bool = False) -> None:
@@ -31,8 +33,8 @@ class Backend(Protocol):
     def write(self, session_id: str, offset: int, chunks: Iterable[bytes]) -> int:
         """Cut the data to ``offset`` bytes, then append ``chunks``; return the bytes written.
 
-        An exception from ``chunks`` or the disk propagates; whatever was appended before it is
-        cut off by the next write, so the recorded offset never runs ahead of the data.
+        An exception from ``chunks`` or the disk propagates after the data is cut back to
+        ``offset``, so a failed fragment never moves the offset.
         """
 
     def sync(self, session_id: str) -> None:
@@ -43,6 +45,8 @@ class Backend(Protocol):
 
     def commit(self, session_id: str, destination: Path, *, overwrite: bool) -> None:
         """Publish the data at ``destination`` atomically, durably and idempotently.
+
+        The caller has synced the data (``sync``) since its last write.
 
         Raises ``DestinationExists`` if it exists (and is not already this session's data) while
         ``overwrite`` is false, ``FileNotFoundError`` if the data is gone.

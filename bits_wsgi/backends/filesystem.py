@@ -35,6 +35,8 @@ from ..session import SessionRecord
 DATA_NAME = "requestfile.bin"
 REPLY_NAME = "responsefile.bin"
 RECORD_NAME = "session.json"
+#: Fragments at least this big start their writeback at once (see write()).
+_WRITEBACK_MIN = 256 * 1024
 #: A crashed create leaves a staging folder; it is swept after this long.
 STAGING_MAX_AGE = 3600.0
 
@@ -49,6 +51,9 @@ class FilesystemBackend:
         self._owners = self.state / "Owners"
         for folder in (self._requests, self._replies, self._locks, self._owners):
             folder.mkdir(parents=True, exist_ok=True)
+        # Plain strings for the paths every packet touches: pathlib costs more than the syscalls.
+        self._requests_str = str(self._requests)
+        self._locks_str = str(self._locks)
 
     # -- paths: ids reaching here are normalised GUIDs (protocol.normalise_session_id) --------
 
@@ -57,6 +62,9 @@ class FilesystemBackend:
 
     def data_path(self, session_id: str) -> Path:
         return self._session_dir(session_id) / DATA_NAME
+
+    def _data_str(self, session_id: str) -> str:
+        return f"{self._requests_str}/{{{session_id}}}/{DATA_NAME}"
 
     def reply_path(self, session_id: str) -> Path:
         folder = self._replies / f"{{{session_id}}}"
@@ -72,7 +80,8 @@ class FilesystemBackend:
         staging = self._requests / f".staging-{record.id}"
         staging.mkdir()
         (staging / DATA_NAME).touch()
-        atomic_write(staging / RECORD_NAME, _encode(record), durable=False)
+        # Not a replacement: the folder appears whole by the rename below, or not at all.
+        (staging / RECORD_NAME).write_bytes(_encode(record))
         owner_dir = self._owner_dir(record.owner)
         owner_dir.mkdir(exist_ok=True)
         (owner_dir / record.id).touch()
@@ -80,7 +89,8 @@ class FilesystemBackend:
 
     def load(self, session_id: str) -> SessionRecord | None:
         try:
-            raw = (self._session_dir(session_id) / RECORD_NAME).read_bytes()
+            with open(f"{self._requests_str}/{{{session_id}}}/{RECORD_NAME}", "rb") as handle:
+                raw = handle.read()
         except FileNotFoundError:
             return None
         try:
@@ -90,9 +100,9 @@ class FilesystemBackend:
         if record.id != session_id:
             raise CorruptRecord(f"session {session_id}: record names {record.id}")
         if not record.state.is_tombstone and not record.committed:
-            # After a power loss the record may be ahead of the bytes that reached the disk.
+            # The offset is the data's length: what the disk holds, after any crash.
             size = self.data_size(session_id)
-            if size is not None and size < record.received:
+            if size is not None:
                 record.received = size
         return record
 
@@ -108,23 +118,31 @@ class FilesystemBackend:
     # -- data ---------------------------------------------------------------------------------
 
     def write(self, session_id: str, offset: int, chunks: Iterable[bytes]) -> int:
-        fd = os.open(self.data_path(session_id), os.O_WRONLY | os.O_CLOEXEC)
+        fd = os.open(self._data_str(session_id), os.O_WRONLY | os.O_CLOEXEC)
         try:
             if os.fstat(fd).st_size != offset:
                 os.ftruncate(fd, offset)
             written = 0
-            for chunk in chunks:
-                view = memoryview(chunk)
-                while view:
-                    count = os.pwrite(fd, view, offset + written)
-                    written += count
-                    view = view[count:]
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        count = os.pwrite(fd, view, offset + written)
+                        written += count
+                        view = view[count:]
+            except BaseException:
+                os.ftruncate(fd, offset)
+                raise
+            if written >= _WRITEBACK_MIN:
+                # Start writing this fragment to disk now, in the background: the fsync before
+                # the final Ack then finds little left to do, instead of the whole upload.
+                os.posix_fadvise(fd, offset, written, os.POSIX_FADV_DONTNEED)
             return written
         finally:
             os.close(fd)
 
     def sync(self, session_id: str) -> None:
-        fd = os.open(self.data_path(session_id), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(self._data_str(session_id), os.O_RDONLY | os.O_CLOEXEC)
         try:
             os.fsync(fd)
         finally:
@@ -132,14 +150,14 @@ class FilesystemBackend:
 
     def data_size(self, session_id: str) -> int | None:
         try:
-            return self.data_path(session_id).stat().st_size
+            return os.stat(self._data_str(session_id)).st_size
         except FileNotFoundError:
             return None
 
     def commit(self, session_id: str, destination: Path, *, overwrite: bool) -> None:
-        source = self.data_path(session_id)
-        self.sync(session_id)
-        publish(source, destination, overwrite=overwrite, tag=session_id)
+        # The server fsynced the data at completion (§4.5); the link shares that inode, and
+        # publish() fsyncs the directory that now names it.
+        publish(self.data_path(session_id), destination, overwrite=overwrite, tag=session_id)
 
     def discard_data(self, session_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -163,7 +181,7 @@ class FilesystemBackend:
 
     @contextlib.contextmanager
     def lock(self, session_id: str, timeout: float) -> Iterator[None]:
-        path = self._locks / f"{{{session_id}}}.lock"
+        path = f"{self._locks_str}/{{{session_id}}}.lock"
         deadline = time.monotonic() + timeout
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -226,7 +244,7 @@ def _flock_until(fd: int, deadline: float) -> None:
         delay = min(delay * 2, 0.05)
 
 
-def _same_inode(fd: int, path: Path) -> bool:
+def _same_inode(fd: int, path: str) -> bool:
     try:
         return os.fstat(fd).st_ino == os.stat(path).st_ino
     except FileNotFoundError:

@@ -35,7 +35,13 @@ class MemoryBackend:
 
     def load(self, session_id: str) -> SessionRecord | None:
         record = self._records.get(session_id)
-        return copy.copy(record) if record is not None else None
+        if record is None:
+            return None
+        record = copy.copy(record)
+        data = self._data.get(session_id)
+        if data is not None and not record.state.is_tombstone and not record.committed:
+            record.received = len(data)
+        return record
 
     def save(self, record: SessionRecord, *, durable: bool = False) -> None:
         self._records[record.id] = copy.copy(record)
@@ -43,8 +49,12 @@ class MemoryBackend:
     def write(self, session_id: str, offset: int, chunks: Iterable[bytes]) -> int:
         data = self._data[session_id]
         del data[offset:]
-        for chunk in chunks:
-            data += chunk
+        try:
+            for chunk in chunks:
+                data += chunk
+        except BaseException:
+            del data[offset:]
+            raise
         return len(data) - offset
 
     def sync(self, session_id: str) -> None:

@@ -1,0 +1,57 @@
+"""The WSGI applications the benchmarks compare, under identical gunicorn settings.
+
+- ``project``: ``BITSMiddleware`` in front of a 404 app, as ``bits-wsgi serve`` runs it.
+- ``baseline``: only the unavoidable work of a BITS fragment: read the body in chunks,
+  ``os.pwrite`` it at its offset, answer a fixed Ack. No sessions, no checks, no durability:
+  the ceiling for any BITS middleware under gunicorn.
+
+The upload root comes from ``$BENCH_ROOT``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from bits_wsgi import BITSMiddleware
+from bits_wsgi.cli import not_found
+
+ROOT = Path(os.environ.get("BENCH_ROOT", "/tmp/bits-bench"))
+
+if os.environ.get("BENCH_WITHOUT_FSYNC") == "1":
+    # Diagnosis only: shows what durability costs. Never how the project runs.
+    os.fsync = lambda fd: None
+CHUNK = 1024 * 1024
+
+project = BITSMiddleware(not_found, ROOT, session_limit=None)
+
+
+def baseline(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    kind = environ.get("HTTP_BITS_PACKET_TYPE", "")
+    headers = [("BITS-Packet-Type", "Ack"), ("Content-Length", "0")]
+    if kind == "Create-Session":
+        headers.append(("BITS-Session-Id", "{00000000-0000-0000-0000-000000000000}"))
+    elif kind == "Fragment":
+        spec = environ["HTTP_CONTENT_RANGE"].split()[1]
+        first = int(spec.split("-", 1)[0])
+        remaining = int(environ["CONTENT_LENGTH"])
+        path = ROOT / environ["PATH_INFO"].lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            read = environ["wsgi.input"].read
+            offset = first
+            while remaining:
+                data = read(min(CHUNK, remaining))
+                if not data:
+                    break
+                os.pwrite(fd, data, offset)
+                offset += len(data)
+                remaining -= len(data)
+        finally:
+            os.close(fd)
+        headers.append(("BITS-Received-Content-Range", str(offset)))
+    start_response("200 OK", headers)
+    return []
