@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 UPLOAD_DIR ?= ./uploads
 
-.PHONY: serve test check lint typecheck pytest clean
+.PHONY: serve test check lint typecheck pytest bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,22 @@ pytest: $(VENV)/.installed
 	$(BIN)/pytest
 
 check: lint typecheck
+
+$(VENV)/.bench: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[serve,test,dev,bench]'
+	touch $@
+
+# Benchmarks: never part of `make test`; results and method in docs/benchmarks.md.
+bench: $(VENV)/.bench
+	$(BIN)/pytest benchmarks/test_micro.py --benchmark-only -p no:cacheprovider
+	$(BIN)/python -m benchmarks.inprocess
+	$(BIN)/python -m benchmarks.run --plot docs/benchmarks-fragment-size.png
+	$(BIN)/python benchmarks/memory_flat.py
+
+bench-quick: $(VENV)/.bench
+	$(BIN)/pytest benchmarks/test_micro.py --benchmark-only -p no:cacheprovider
+	$(BIN)/python -m benchmarks.inprocess --sessions 10000
+	$(BIN)/python -m benchmarks.run --quick
 
 test: check pytest
 

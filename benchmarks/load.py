@@ -78,7 +78,9 @@ def run_job(job: Job, start: multiprocessing.synchronize.Event) -> tuple[float, 
     return began, ended
 
 
-def _worker(job: Job, start: multiprocessing.synchronize.Event, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _worker(
+    job: Job, start: multiprocessing.synchronize.Event, results: multiprocessing.Queue
+) -> None:  # type: ignore[type-arg]
     try:
         results.put(run_job(job, start))
     except Exception as exc:  # reported to the parent

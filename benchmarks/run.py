@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,8 +53,12 @@ class Server:
         command = [part.format(port=self.port, root=self.root) for part in self.command]
         env = {**os.environ, "BENCH_ROOT": str(self.root), **self.env}
         self.process = subprocess.Popen(
-            command, cwd=PROJECT, env=env, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            command,
+            cwd=PROJECT,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -89,18 +92,51 @@ def servers(base: Path) -> dict[str, Server]:
     gunicorn = str(BIN / "gunicorn")
     bind = ["--bind", "127.0.0.1:{port}"]
     return {
-        "project": Server("project", base / "project",
-                          [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:project"]),
-        "project-nofsync": Server("project-nofsync", base / "project-nofsync",
-                                  [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:project"],
-                                  env={"BENCH_WITHOUT_FSYNC": "1"}),
-        "baseline": Server("baseline", base / "baseline",
-                           [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:baseline"]),
-        "serve": Server("serve", base / "serve",
-                        [str(BIN / "bits-wsgi"), "serve", "{root}", "--port", "{port}",
-                         "--session-limit", "0"]),
-        "peer": Server("peer", base / "peer",
-                       [sys.executable, "benchmarks/peer.py", "{root}", "{port}"]),
+        "project": Server(
+            "project",
+            base / "project",
+            [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:project"],
+        ),
+        "project-nofsync": Server(
+            "project-nofsync",
+            base / "project-nofsync",
+            [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:project"],
+            env={"BENCH_WITHOUT_FSYNC": "1"},
+        ),
+        "baseline": Server(
+            "baseline",
+            base / "baseline",
+            [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:baseline"],
+        ),
+        "serve": Server(
+            "serve",
+            base / "serve",
+            [str(BIN / "bits-wsgi"), "serve", "{root}", "--port", "{port}", "--session-limit", "0"],
+        ),
+        # A candidate for the server `bits-wsgi serve` embeds, with the project's app.
+        "granian": Server(
+            "granian",
+            base / "granian",
+            [
+                str(BIN / "granian"),
+                "--interface",
+                "wsgi",
+                "--workers",
+                "2",
+                "--blocking-threads",
+                "8",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "{port}",
+                "--log-level",
+                "warning",
+                "benchmarks.apps:project",
+            ],
+        ),
+        "peer": Server(
+            "peer", base / "peer", [sys.executable, "benchmarks/peer.py", "{root}", "{port}"]
+        ),
     }
 
 
@@ -115,8 +151,14 @@ class Scenario:
 
     def jobs(self, port: int) -> list[Job]:
         return [
-            Job(port=port, path=f"/c{n}/f.bin", size=self.size, fragment=self.fragment,
-                seed=n, uploads=self.uploads)
+            Job(
+                port=port,
+                path=f"/c{n}/f.bin",
+                size=self.size,
+                fragment=self.fragment,
+                seed=n,
+                uploads=self.uploads,
+            )
             for n in range(self.clients)
         ]
 
@@ -136,8 +178,14 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario("1 client, 256 MiB, 1 MiB fragments", 1, 256 * MiB // scale, MiB),
         Scenario("1 client, 64 MiB, 64 KiB fragments", 1, 64 * MiB // scale, 64 * 1024),
         Scenario("8 clients x 32 MiB, 1 MiB fragments", 8, 32 * MiB // scale, MiB),
-        Scenario("2000 x 4 KiB uploads (create+fragment+close)", 8, 4096, 4096,
-                 uploads=250 // scale, unit="uploads/s"),
+        Scenario(
+            "2000 x 4 KiB uploads (create+fragment+close)",
+            8,
+            4096,
+            4096,
+            uploads=250 // scale,
+            unit="uploads/s",
+        ),
     ]
 
 
@@ -174,10 +222,20 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="scenario name prefixes")
     parser.add_argument("--pairs", nargs="*", default=["project:baseline", "serve:peer"])
     parser.add_argument("--plot", default=None, help="write a PNG of throughput vs fragment size")
+    parser.add_argument("--replot", default=None, help="only redraw the PNG from latest.json")
     args = parser.parse_args()
+    if args.replot:
+        saved = json.loads((PROJECT / "benchmarks" / "results" / "latest.json").read_text())
+        sweep = {
+            name: {int(k): v for k, v in points.items()} for name, points in saved["sweep"].items()
+        }
+        plot(sweep, Path(args.replot))
+        return
     rounds = args.rounds or (2 if args.quick else 5)
     results: dict[str, object] = {
-        "machine": f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": (
+            f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        ),
         "date": time.strftime("%Y-%m-%d"),
         "rounds": rounds,
         "rows": [],
@@ -190,7 +248,7 @@ def main() -> None:
         try:
             for name in needed:
                 pool[name].start()
-            print(f"| scenario | A | B | A median | B median | A/B |")
+            print("| scenario | A | B | A median | B median | A/B |")
             print("|---|---|---|---|---|---|")
             for scenario in scenarios(args.quick):
                 if args.only and not any(scenario.name.startswith(p) for p in args.only):
@@ -199,14 +257,24 @@ def main() -> None:
                     a_name, b_name = pair.split(":")
                     a, b = interleave(scenario, pool[a_name], pool[b_name], rounds)
                     ratio = statistics.median(a) / statistics.median(b)
-                    row = {"scenario": scenario.name, "a": a_name, "b": b_name,
-                           "unit": scenario.unit, "a_runs": a, "b_runs": b,
-                           "a_median": statistics.median(a), "b_median": statistics.median(b),
-                           "ratio": ratio}
+                    row = {
+                        "scenario": scenario.name,
+                        "a": a_name,
+                        "b": b_name,
+                        "unit": scenario.unit,
+                        "a_runs": a,
+                        "b_runs": b,
+                        "a_median": statistics.median(a),
+                        "b_median": statistics.median(b),
+                        "ratio": ratio,
+                    }
                     rows.append(row)
-                    print(f"| {scenario.name} | {a_name} | {b_name} | "
-                          f"{row['a_median']:.1f} {scenario.unit} | "
-                          f"{row['b_median']:.1f} {scenario.unit} | {ratio:.2f} |", flush=True)
+                    print(
+                        f"| {scenario.name} | {a_name} | {b_name} | "
+                        f"{row['a_median']:.1f} {scenario.unit} | "
+                        f"{row['b_median']:.1f} {scenario.unit} | {ratio:.2f} |",
+                        flush=True,
+                    )
             if args.plot:
                 sweep = fragment_sweep(pool, base, args.quick, rounds)
                 results["sweep"] = sweep
@@ -233,9 +301,11 @@ def fragment_sweep(
         sweep["disk"][fragment] = statistics.median(
             [disk_rate(base, size, fragment) for _ in range(rounds)]
         )
-        print(f"sweep {fragment // 1024} KiB: project {sweep['project'][fragment]:.0f}, "
-              f"baseline {sweep['baseline'][fragment]:.0f}, disk {sweep['disk'][fragment]:.0f} MB/s",
-              flush=True)
+        print(
+            f"sweep {fragment // 1024} KiB: project {sweep['project'][fragment]:.0f}, "
+            f"baseline {sweep['baseline'][fragment]:.0f}, disk {sweep['disk'][fragment]:.0f} MB/s",
+            flush=True,
+        )
     return sweep
 
 
@@ -246,10 +316,17 @@ def plot(sweep: dict[str, dict[int, float]], target: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4))
+    labels = {"disk": "disk (same writes, page cache, no fsync)"}
     for name, points in sweep.items():
         sizes = sorted(points)
-        axis.plot([s / 1024 for s in sizes], [points[s] for s in sizes], marker="o", label=name)
+        axis.plot(
+            [s / 1024 for s in sizes],
+            [points[s] for s in sizes],
+            marker="o",
+            label=labels.get(name, name),
+        )
     axis.set_xscale("log", base=2)
+    axis.set_yscale("log")
     axis.set_xlabel("fragment size (KiB)")
     axis.set_ylabel("throughput (MB/s)")
     axis.set_title("One client, sequential fragments, 127.0.0.1")

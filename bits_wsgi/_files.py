@@ -44,6 +44,17 @@ def publish(source: Path, destination: Path, *, overwrite: bool, tag: str) -> No
     """
     if _same_file(source, destination):
         return
+    if not overwrite:
+        try:
+            os.link(source, destination)  # the atomic check-and-create, no staging needed
+        except FileExistsError:
+            raise DestinationExists(str(destination)) from None
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+        else:
+            fsync_dir(destination.parent)
+            return
     staged = destination.with_name(f".{destination.name}.{tag}.bits-tmp")
     with contextlib.suppress(FileNotFoundError):
         staged.unlink()
