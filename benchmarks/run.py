@@ -113,6 +113,21 @@ def servers(base: Path) -> dict[str, Server]:
             base / "serve",
             [str(BIN / "bits-wsgi"), "serve", "{root}", "--port", "{port}", "--session-limit", "0"],
         ),
+        "serve-granian": Server(
+            "serve-granian",
+            base / "serve-granian",
+            [
+                str(BIN / "bits-wsgi"),
+                "serve",
+                "{root}",
+                "--port",
+                "{port}",
+                "--session-limit",
+                "0",
+                "--server",
+                "granian",
+            ],
+        ),
         # A candidate for the server `bits-wsgi serve` embeds, with the project's app.
         "granian": Server(
             "granian",

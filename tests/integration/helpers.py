@@ -86,20 +86,29 @@ class Server:
         return children
 
 
-def start_serve(root: Path, log: Path, *args: str, port: int | None = None) -> Server:
+#: The server `bits-wsgi serve` runs on in these tests: its default, granian, unless asked.
+SERVE_SERVER = os.environ.get("BITS_WSGI_TEST_SERVER", "granian")
+
+
+def start_serve(
+    root: Path, log: Path, *args: str, port: int | None = None, server: str | None = None
+) -> Server:
     """`bits-wsgi serve ROOT` on a free loopback port; the caller stops it."""
     port = port or free_port()
     command = [sys.executable, "-m", "bits_wsgi", "serve", str(root), "--port", str(port), *args]
+    command += ["--server", server or SERVE_SERVER]
     return Server(command, port, log)
 
 
 @contextlib.contextmanager
-def bits_serve(root: Path, log: Path, *args: str, port: int | None = None) -> Iterator[Server]:
-    server = start_serve(root, log, *args, port=port)
+def bits_serve(
+    root: Path, log: Path, *args: str, port: int | None = None, server: str | None = None
+) -> Iterator[Server]:
+    server_process = start_serve(root, log, *args, port=port, server=server)
     try:
-        yield server
+        yield server_process
     finally:
-        server.stop()
+        server_process.stop()
 
 
 def status_kib(pid: int, field: str) -> int:

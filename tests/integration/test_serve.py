@@ -16,6 +16,9 @@ from .helpers import RawBits, Server, bits_serve, free_port, status_kib
 
 pytestmark = pytest.mark.integration
 
+#: Crashes, shutdowns and the wire behaviour are proven on both servers `serve` can run on.
+BOTH_SERVERS = pytest.mark.parametrize("server_kind", ["granian", "gunicorn"])
+
 MiB = 1024 * 1024
 
 
@@ -31,11 +34,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def test_upload_survives_sigkill_and_resumes_after_restart(tmp_path: Path) -> None:
+@BOTH_SERVERS
+def test_upload_survives_sigkill_and_resumes_after_restart(
+    tmp_path: Path, server_kind: str
+) -> None:
     root, log = tmp_path / "root", tmp_path / "server.log"
     data = os.urandom(24 * MiB + 12345)
     port = free_port()
-    with bits_serve(root, log, port=port) as server:
+    with bits_serve(root, log, port=port, server=server_kind) as server:
         client = RawBits(port, "/crash/dump.bin")
         assert client.create().status == 200
         assert client.upload_from(data, 0, MiB, until=10 * MiB) == 10 * MiB
@@ -45,7 +51,7 @@ def test_upload_survives_sigkill_and_resumes_after_restart(tmp_path: Path) -> No
         server.kill()
     assert not (root / "crash" / "dump.bin").exists()
 
-    with bits_serve(root, log, port=port):
+    with bits_serve(root, log, port=port, server=server_kind):
         client.reconnect()
         # Windows resends the interrupted fragment; the server answers with what it holds
         response = client.fragment(data[10 * MiB : 11 * MiB], 10 * MiB, len(data))
@@ -56,17 +62,18 @@ def test_upload_survives_sigkill_and_resumes_after_restart(tmp_path: Path) -> No
     assert file_sha256(root / "crash" / "dump.bin") == sha256(data)
 
 
-def test_resume_after_restart_resyncs_with_416(tmp_path: Path) -> None:
+@BOTH_SERVERS
+def test_resume_after_restart_resyncs_with_416(tmp_path: Path, server_kind: str) -> None:
     """A client that believes it sent more than the server holds is told where to resume."""
     root, log = tmp_path / "root", tmp_path / "server.log"
     data = os.urandom(3 * MiB)
     port = free_port()
-    with bits_serve(root, log, port=port) as server:
+    with bits_serve(root, log, port=port, server=server_kind) as server:
         client = RawBits(port, "/f.bin")
         client.create()
         client.upload_from(data, 0, MiB, until=MiB)
         server.kill()
-    with bits_serve(root, log, port=port):
+    with bits_serve(root, log, port=port, server=server_kind):
         client.reconnect()
         response = client.fragment(data[2 * MiB :], 2 * MiB, len(data))
         assert response.status == 416
@@ -102,12 +109,13 @@ def test_make_serve_takes_a_50_mb_upload_in_1_mib_fragments(tmp_path: Path) -> N
         assert server.stop() in (0, -signal.SIGTERM)
 
 
-def test_server_memory_is_flat_in_upload_size(tmp_path: Path) -> None:
+@BOTH_SERVERS
+def test_server_memory_is_flat_in_upload_size(tmp_path: Path, server_kind: str) -> None:
     """Peak RSS of the worker after 32 MiB and after 288 MiB, in 13 MiB fragments."""
     root, log = tmp_path / "root", tmp_path / "server.log"
     fragment = 13 * MiB
     block = os.urandom(fragment)
-    with bits_serve(root, log, "--workers", "1", "--threads", "2") as server:
+    with bits_serve(root, log, "--workers", "1", "--threads", "2", server=server_kind) as server:
         (worker,) = server.worker_pids()
 
         def upload(name: str, total: int) -> None:
@@ -127,11 +135,12 @@ def test_server_memory_is_flat_in_upload_size(tmp_path: Path) -> None:
     assert growth_mib < 8, f"peak RSS grew by {growth_mib:.1f} MiB for 8x the bytes"
 
 
-def test_sigterm_lets_the_fragment_in_flight_finish(tmp_path: Path) -> None:
+@BOTH_SERVERS
+def test_sigterm_lets_the_fragment_in_flight_finish(tmp_path: Path, server_kind: str) -> None:
     root, log = tmp_path / "root", tmp_path / "server.log"
     data = os.urandom(4 * MiB)
     port = free_port()
-    with bits_serve(root, log, "--workers", "1", port=port) as server:
+    with bits_serve(root, log, "--workers", "1", port=port, server=server_kind) as server:
         client = RawBits(port, "/f.bin")
         client.create()
         client.start_fragment(data[:MiB], 0, len(data), send=MiB // 2)
@@ -144,17 +153,18 @@ def test_sigterm_lets_the_fragment_in_flight_finish(tmp_path: Path) -> None:
         assert response.status == 200
         assert response.headers["BITS-Received-Content-Range"] == str(MiB)
         assert server.process.wait(60) == 0
-    with bits_serve(root, log, port=port):
+    with bits_serve(root, log, port=port, server=server_kind):
         client.reconnect()
         assert client.upload_from(data, MiB, MiB) == len(data)
         client.close()
     assert file_sha256(root / "f.bin") == sha256(data)
 
 
-def test_sigint_is_graceful_too(tmp_path: Path) -> None:
+@BOTH_SERVERS
+def test_sigint_is_graceful_too(tmp_path: Path, server_kind: str) -> None:
     root, log = tmp_path / "root", tmp_path / "server.log"
     port = free_port()
-    with bits_serve(root, log, port=port) as server:
+    with bits_serve(root, log, port=port, server=server_kind) as server:
         client = RawBits(port, "/f.bin")
         client.create()
         client.start_fragment(b"x" * MiB, 0, MiB, send=1000)
@@ -190,9 +200,10 @@ def test_basic_auth_users(tmp_path: Path) -> None:
     assert (root / "f.bin").read_bytes() == b"abc"
 
 
-def test_keep_alive_over_http_1_1(tmp_path: Path) -> None:
+@BOTH_SERVERS
+def test_keep_alive_over_http_1_1(tmp_path: Path, server_kind: str) -> None:
     root, log = tmp_path / "root", tmp_path / "server.log"
-    with bits_serve(root, log) as server:
+    with bits_serve(root, log, server=server_kind) as server:
         client = RawBits(server.port, "/f.bin")
         response = client.post("Ping")
         assert response.version == 11
@@ -202,7 +213,10 @@ def test_keep_alive_over_http_1_1(tmp_path: Path) -> None:
         assert client.connection.sock is sock  # the same TCP connection carried both
 
 
-def test_oversized_fragment_gets_its_413_over_a_real_connection(tmp_path: Path) -> None:
+@BOTH_SERVERS
+def test_oversized_fragment_gets_its_413_over_a_real_connection(
+    tmp_path: Path, server_kind: str
+) -> None:
     """The Ack must reach a client that sends the whole body before reading (docs/protocol.md)."""
     root, log = tmp_path / "root", tmp_path / "server.log"
     data = os.urandom(13 * 1000 * 1000)

@@ -1,0 +1,47 @@
+"""granian, embedded for ``bits-wsgi serve --server granian``.
+
+granian starts its workers as new processes that import the application by name, so the
+``serve`` arguments travel to them in an environment variable and :func:`make_app` rebuilds the
+application in each worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from granian import Granian
+from granian.constants import Interfaces
+from granian.log import LogLevels
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
+ARGV_ENV = "BITS_WSGI_SERVE_ARGV"
+
+
+def make_app() -> WSGIApplication:
+    from .cli import build_app, build_parser
+
+    args = build_parser().parse_args(json.loads(os.environ[ARGV_ENV]))
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return build_app(args)
+
+
+def serve(argv: Sequence[str], *, host: str, port: int, workers: int, threads: int) -> None:
+    os.environ[ARGV_ENV] = json.dumps(list(argv))
+    Granian(
+        f"{__name__}:make_app",
+        factory=True,
+        address=host,
+        port=port,
+        interface=Interfaces.WSGI,
+        workers=workers,
+        blocking_threads=threads,
+        log_level=LogLevels.info,
+    ).serve()
