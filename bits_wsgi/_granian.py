@@ -1,5 +1,10 @@
 """granian, embedded for ``bits-wsgi serve --server granian``.
 
+Faster than gunicorn with this application (docs/benchmarks.md), but not the default: with
+SIGINT sent to the whole process group (Ctrl-C in a terminal) while a client holds an idle
+keep-alive connection, its workers do not stop on their own; ``workers_kill_timeout`` bounds
+that wait.
+
 granian starts its workers as new processes that import the application by name, so the
 ``serve`` arguments travel to them in an environment variable and :func:`make_app` rebuilds the
 application in each worker.
@@ -44,4 +49,5 @@ def serve(argv: Sequence[str], *, host: str, port: int, workers: int, threads: i
         workers=workers,
         blocking_threads=threads,
         log_level=LogLevels.info,
+        workers_kill_timeout=60,
     ).serve()

@@ -88,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--server",
-        choices=["granian", "gunicorn"],
-        default="granian",
-        help="the HTTP server to run on; granian measured 1.1-2.5x faster (docs/benchmarks.md)",
+        choices=["gunicorn", "granian"],
+        default="gunicorn",
+        help="the HTTP server to run on; granian is faster but see docs/benchmarks.md",
     )
     serve.add_argument("--workers", type=int, default=2)
     serve.add_argument("--threads", type=int, default=8)
@@ -205,10 +205,7 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
         try:
             from ._granian import serve as serve_granian
         except ImportError:
-            print(
-                "bits-wsgi: `serve` runs on granian: pip install 'bits-wsgi[serve]'",
-                file=sys.stderr,
-            )
+            print("bits-wsgi: --server granian needs granian: pip install granian", file=sys.stderr)
             return 2
         serve_granian(
             argv, host=args.host, port=args.port, workers=args.workers, threads=args.threads
@@ -217,7 +214,9 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     try:
         from ._gunicorn import serve
     except ImportError:
-        print("bits-wsgi: --server gunicorn needs gunicorn: pip install gunicorn", file=sys.stderr)
+        print(
+            "bits-wsgi: `serve` runs on gunicorn: pip install 'bits-wsgi[serve]'", file=sys.stderr
+        )
         return 2
     host = f"[{args.host}]" if ":" in args.host else args.host
     serve(app, bind=f"{host}:{args.port}", workers=args.workers, threads=args.threads)

@@ -86,8 +86,8 @@ class Server:
         return children
 
 
-#: The server `bits-wsgi serve` runs on in these tests: its default, granian, unless asked.
-SERVE_SERVER = os.environ.get("BITS_WSGI_TEST_SERVER", "granian")
+#: The server `bits-wsgi serve` runs on in these tests: its default, gunicorn, unless asked.
+SERVE_SERVER = os.environ.get("BITS_WSGI_TEST_SERVER", "gunicorn")
 
 
 def start_serve(
