@@ -19,7 +19,8 @@ ALLOWED = {
     "notify": {"errors"},
     "_files": {"errors"},
     "backends.base": {"session"},
-    "backends.filesystem": {"_files", "errors", "paths", "session"},
+    "backends.files": {"_files"},
+    "backends.filesystem": {"_files", "backends.files", "errors", "paths", "session"},
     "backends.memory": {"_files", "errors", "session"},
 }
 

@@ -24,52 +24,33 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-from .._files import atomic_write, fsync_dir, publish
+from .._files import atomic_write, fsync_dir
 from ..errors import CorruptRecord, LockTimeout
 from ..paths import state_dir
 from ..session import SessionRecord
+from .files import DATA_NAME, DirectoryStore
 
-DATA_NAME = "requestfile.bin"
-REPLY_NAME = "responsefile.bin"
 RECORD_NAME = "session.json"
-#: Fragments at least this big start their writeback at once (see write()).
-_WRITEBACK_MIN = 256 * 1024
 #: A crashed create leaves a staging folder; it is swept after this long.
 STAGING_MAX_AGE = 3600.0
 
 
-class FilesystemBackend:
+class FilesystemBackend(DirectoryStore):
+    """Records beside the data (the DirectoryStore layout), flock locks, an owner index."""
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self.state = state_dir(self.root)
-        self._requests = self.state / "Requests"
-        self._replies = self.state / "Replies"
+        super().__init__(state_dir(self.root))
         self._locks = self.state / "Locks"
         self._owners = self.state / "Owners"
-        for folder in (self._requests, self._replies, self._locks, self._owners):
+        for folder in (self._locks, self._owners):
             folder.mkdir(parents=True, exist_ok=True)
-        # Plain strings for the paths every packet touches: pathlib costs more than the syscalls.
-        self._requests_str = str(self._requests)
         self._locks_str = str(self._locks)
 
     # -- paths: ids reaching here are normalised GUIDs (protocol.normalise_session_id) --------
-
-    def _session_dir(self, session_id: str) -> Path:
-        return self._requests / f"{{{session_id}}}"
-
-    def data_path(self, session_id: str) -> Path:
-        return self._session_dir(session_id) / DATA_NAME
-
-    def _data_str(self, session_id: str) -> str:
-        return f"{self._requests_str}/{{{session_id}}}/{DATA_NAME}"
-
-    def reply_path(self, session_id: str) -> Path:
-        folder = self._replies / f"{{{session_id}}}"
-        folder.mkdir(exist_ok=True)
-        return folder / REPLY_NAME
 
     def _owner_dir(self, owner: str) -> Path:
         return self._owners / hashlib.sha256(owner.encode("utf-8")).hexdigest()[:32]
@@ -115,63 +96,13 @@ class FilesystemBackend:
         with contextlib.suppress(FileNotFoundError):
             (self._owner_dir(owner) / session_id).unlink()
 
-    # -- data ---------------------------------------------------------------------------------
-
-    def write(self, session_id: str, offset: int, chunks: Iterable[bytes]) -> int:
-        fd = os.open(self._data_str(session_id), os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            if os.fstat(fd).st_size != offset:
-                os.ftruncate(fd, offset)
-            written = 0
-            try:
-                for chunk in chunks:
-                    view = memoryview(chunk)
-                    while view:
-                        count = os.pwrite(fd, view, offset + written)
-                        written += count
-                        view = view[count:]
-            except BaseException:
-                os.ftruncate(fd, offset)
-                raise
-            if written >= _WRITEBACK_MIN:
-                # Start writing this fragment to disk now, in the background: the fsync before
-                # the final Ack then finds little left to do, instead of the whole upload.
-                os.posix_fadvise(fd, offset, written, os.POSIX_FADV_DONTNEED)
-            return written
-        finally:
-            os.close(fd)
-
-    def sync(self, session_id: str) -> None:
-        fd = os.open(self._data_str(session_id), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def data_size(self, session_id: str) -> int | None:
-        try:
-            return os.stat(self._data_str(session_id)).st_size
-        except FileNotFoundError:
-            return None
-
-    def commit(self, session_id: str, destination: Path, *, overwrite: bool) -> None:
-        # The server fsynced the data at completion (§4.5); the link shares that inode, and
-        # publish() fsyncs the directory that now names it.
-        publish(self.data_path(session_id), destination, overwrite=overwrite, tag=session_id)
-
-    def discard_data(self, session_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.data_path(session_id).unlink()
-        shutil.rmtree(self._replies / f"{{{session_id}}}", ignore_errors=True)
-
     def delete(self, session_id: str) -> None:
         record: SessionRecord | None
         try:
             record = self.load(session_id)
         except CorruptRecord:
             record = None
-        shutil.rmtree(self._session_dir(session_id), ignore_errors=True)
-        shutil.rmtree(self._replies / f"{{{session_id}}}", ignore_errors=True)
+        self.delete_files(session_id)
         if record is not None:
             self._forget_owner(record.owner, session_id)
         with contextlib.suppress(FileNotFoundError):

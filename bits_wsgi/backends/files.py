@@ -1,0 +1,108 @@
+"""Upload bytes and replies as files in one directory: the data half of a backend.
+
+``DirectoryStore`` keeps, below a state directory::
+
+    Requests/{ID}/requestfile.bin   the upload's bytes, appended in order
+    Replies/{ID}/responsefile.bin   the server application's reply (upload-reply mode)
+
+The filesystem backend keeps its records beside the data; the Redis backend keeps records and
+locks in Redis and the bytes here, in a directory every host mounts. Ids reaching here are
+normalised GUIDs (``protocol.normalise_session_id``), never client text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from .._files import publish
+
+DATA_NAME = "requestfile.bin"
+REPLY_NAME = "responsefile.bin"
+#: Fragments at least this big start their writeback at once (see write()).
+_WRITEBACK_MIN = 256 * 1024
+
+
+class DirectoryStore:
+    def __init__(self, state: str | os.PathLike[str]) -> None:
+        self.state = Path(state)
+        self._requests = self.state / "Requests"
+        self._replies = self.state / "Replies"
+        for folder in (self._requests, self._replies):
+            folder.mkdir(parents=True, exist_ok=True)
+        # Plain strings for the paths every packet touches: pathlib costs more than the syscalls.
+        self._requests_str = str(self._requests)
+
+    def _session_dir(self, session_id: str) -> Path:
+        return self._requests / f"{{{session_id}}}"
+
+    def data_path(self, session_id: str) -> Path:
+        return self._session_dir(session_id) / DATA_NAME
+
+    def _data_str(self, session_id: str) -> str:
+        return f"{self._requests_str}/{{{session_id}}}/{DATA_NAME}"
+
+    def reply_path(self, session_id: str) -> Path:
+        folder = self._replies / f"{{{session_id}}}"
+        folder.mkdir(exist_ok=True)
+        return folder / REPLY_NAME
+
+    def create_files(self, session_id: str) -> None:
+        """An empty data file for a new session."""
+        folder = self._session_dir(session_id)
+        folder.mkdir(exist_ok=True)
+        (folder / DATA_NAME).touch()
+
+    def delete_files(self, session_id: str) -> None:
+        shutil.rmtree(self._session_dir(session_id), ignore_errors=True)
+        shutil.rmtree(self._replies / f"{{{session_id}}}", ignore_errors=True)
+
+    def write(self, session_id: str, offset: int, chunks: Iterable[bytes]) -> int:
+        fd = os.open(self._data_str(session_id), os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            if os.fstat(fd).st_size != offset:
+                os.ftruncate(fd, offset)
+            written = 0
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        count = os.pwrite(fd, view, offset + written)
+                        written += count
+                        view = view[count:]
+            except BaseException:
+                os.ftruncate(fd, offset)
+                raise
+            if written >= _WRITEBACK_MIN:
+                # Start writing this fragment to disk now, in the background: the fsync before
+                # the final Ack then finds little left to do, instead of the whole upload.
+                os.posix_fadvise(fd, offset, written, os.POSIX_FADV_DONTNEED)
+            return written
+        finally:
+            os.close(fd)
+
+    def sync(self, session_id: str) -> None:
+        fd = os.open(self._data_str(session_id), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def data_size(self, session_id: str) -> int | None:
+        try:
+            return os.stat(self._data_str(session_id)).st_size
+        except FileNotFoundError:
+            return None
+
+    def commit(self, session_id: str, destination: Path, *, overwrite: bool) -> None:
+        # The server fsynced the data at completion (§4.5); the link shares that inode, and
+        # publish() fsyncs the directory that now names it.
+        publish(self.data_path(session_id), destination, overwrite=overwrite, tag=session_id)
+
+    def discard_data(self, session_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.data_path(session_id).unlink()
+        shutil.rmtree(self._replies / f"{{{session_id}}}", ignore_errors=True)
