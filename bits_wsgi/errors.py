@@ -172,5 +172,9 @@ class CorruptRecord(Exception):
     """Stored session metadata could not be read back."""
 
 
+class BackendUnavailable(OSError):
+    """The backend's store cannot be reached: transient, answered 503 (never session-not-found)."""
+
+
 class DestinationExists(Exception):
     """Commit refused: the destination exists and overwrites are off."""

@@ -28,6 +28,7 @@ from .body import BodyReader
 from .config import UploadDirectory
 from .errors import (
     AccessDenied,
+    BackendUnavailable,
     BITSError,
     CorruptRecord,
     DataMissing,
@@ -139,6 +140,9 @@ class UploadServer:
             return self._with_session(packet, request, body)
         except BITSError as error:
             return Ack.from_error(error)
+        except BackendUnavailable as exc:
+            log.warning("backend unavailable: %s", exc)
+            return Ack.from_error(ServiceUnavailable("backend unavailable"))
         except Exception:
             log.exception("internal error on %s", type(packet).__name__)
             return Ack.from_error(InternalError())

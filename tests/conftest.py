@@ -13,6 +13,8 @@ from werkzeug.test import EnvironBuilder
 from bits_wsgi import BITSMiddleware
 from bits_wsgi.protocol import PROTOCOL_GUID
 
+from .redis_server import redis_url  # noqa: F401 - a session fixture for every test module
+
 
 def fallback_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """Stands for the wrapped application: echoes what reached it."""

@@ -22,6 +22,7 @@ ALLOWED = {
     "backends.files": {"_files"},
     "backends.filesystem": {"_files", "backends.files", "errors", "paths", "session"},
     "backends.memory": {"_files", "errors", "session"},
+    "backends.redis": {"backends.files", "errors", "session"},
 }
 
 

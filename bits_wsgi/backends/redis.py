@@ -1,0 +1,205 @@
+"""Shared session state for several hosts: records, locks and indexes in Redis, bytes in a
+directory every host mounts (``data_dir``, the DirectoryStore layout).
+
+::
+
+    from bits_wsgi.backends.redis import RedisBackend
+
+    backend = RedisBackend("/mnt/shared/bits", url="redis://redis.internal:6379/0")
+    app = BITSMiddleware(app, "/mnt/shared/uploads", backend=backend)
+
+redis-py is imported only when no client is passed (``pip install 'bits-wsgi[redis]'``); a
+ready client (Sentinel, Cluster, with TLS...) can be injected with ``client=``.
+
+Keys, below ``prefix``: ``session:{ID}`` (the record as JSON, expiring after ``record_ttl``),
+``lock:{ID}`` (a random token, expiring after ``lock_ttl`` unless its holder renews it),
+``owner:{sha256}`` (the owner's active session ids), ``sessions`` (every id, for sweeps).
+
+The offset is the length of the data file, as in the filesystem backend, so it can never run
+ahead of the bytes. Locks are held with a TTL renewed by a thread while the holder lives: a
+killed host's lock frees itself within ``lock_ttl`` seconds, and only the token's owner can
+renew or release it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackendUnavailable, CorruptRecord, LockTimeout
+from ..session import SessionRecord
+from .files import DirectoryStore
+
+#: Longer than the default session timeout (14 days) plus the tombstone retention (1 day).
+DEFAULT_RECORD_TTL = 30 * 86_400
+DEFAULT_LOCK_TTL = 10.0
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+class RedisBackend(DirectoryStore):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        url: str | None = None,
+        client: Any = None,
+        prefix: str = "bits-wsgi",
+        record_ttl: int = DEFAULT_RECORD_TTL,
+        lock_ttl: float = DEFAULT_LOCK_TTL,
+    ) -> None:
+        super().__init__(Path(data_dir))
+        if client is None:
+            import redis
+
+            client = redis.Redis.from_url(url or "redis://127.0.0.1:6379/0")
+        self.client = client
+        self.prefix = prefix
+        self.record_ttl = record_ttl
+        self.lock_ttl = lock_ttl
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def _owner_key(self, owner: str) -> str:
+        return self._key("owner", hashlib.sha256(owner.encode("utf-8")).hexdigest()[:32])
+
+    # -- records ------------------------------------------------------------------------------
+
+    def create(self, record: SessionRecord) -> None:
+        self.create_files(record.id)
+        with _unavailable():
+            pipe = self.client.pipeline()
+            pipe.set(self._key("session", record.id), _encode(record), ex=self.record_ttl)
+            pipe.sadd(self._owner_key(record.owner), record.id)
+            pipe.sadd(self._key("sessions"), record.id)
+            pipe.execute()
+
+    def load(self, session_id: str) -> SessionRecord | None:
+        with _unavailable():
+            raw = self.client.get(self._key("session", session_id))
+        if raw is None:
+            return None
+        try:
+            record = SessionRecord.from_json(json.loads(raw))
+        except ValueError as exc:
+            raise CorruptRecord(f"session {session_id}: {exc}") from exc
+        if record.id != session_id:
+            raise CorruptRecord(f"session {session_id}: record names {record.id}")
+        if not record.state.is_tombstone and not record.committed:
+            size = self.data_size(session_id)
+            if size is not None:
+                record.received = size
+        return record
+
+    def save(self, record: SessionRecord, *, durable: bool = False) -> None:
+        # One Redis command replaces the record atomically (§10.2); how durable it is after a
+        # Redis restart is Redis's persistence setting (AOF with fsync for the strongest).
+        with _unavailable():
+            pipe = self.client.pipeline()
+            pipe.set(self._key("session", record.id), _encode(record), ex=self.record_ttl)
+            if record.state.is_tombstone:
+                pipe.srem(self._owner_key(record.owner), record.id)
+            pipe.execute()
+
+    def delete(self, session_id: str) -> None:
+        try:
+            record = self.load(session_id)
+        except CorruptRecord:
+            record = None
+        with _unavailable():
+            pipe = self.client.pipeline()
+            pipe.delete(self._key("session", session_id))
+            pipe.srem(self._key("sessions"), session_id)
+            if record is not None:
+                pipe.srem(self._owner_key(record.owner), session_id)
+            pipe.execute()
+        self.delete_files(session_id)
+
+    # -- locks --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, session_id: str, timeout: float) -> Iterator[None]:
+        key = self._key("lock", session_id)
+        token = uuid.uuid4().hex
+        ttl_ms = int(self.lock_ttl * 1000)
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        with _unavailable():
+            while not self.client.set(key, token, nx=True, px=ttl_ms):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LockTimeout("session is busy")
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.05)
+        stop = threading.Event()
+
+        def renew() -> None:
+            # Renewed while the holder lives, so a long fragment or notification keeps it;
+            # a dead holder stops renewing and the lock expires by its TTL.
+            while not stop.wait(self.lock_ttl / 3):
+                with contextlib.suppress(Exception):
+                    self._renew(keys=[key], args=[token, ttl_ms])
+
+        renewer = threading.Thread(target=renew, name="bits-wsgi-lock-renew", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join()
+            with contextlib.suppress(Exception):
+                self._release(keys=[key], args=[token])
+
+    # -- enumeration --------------------------------------------------------------------------
+
+    def active_sessions(self, owner: str) -> list[str]:
+        with _unavailable():
+            members = self.client.smembers(self._owner_key(owner))
+        return sorted(_text(member) for member in members)
+
+    def session_ids(self) -> Iterator[str]:
+        with _unavailable():
+            members = list(self.client.sscan_iter(self._key("sessions"), count=1000))
+        for member in members:
+            yield _text(member)
+
+
+def _encode(record: SessionRecord) -> str:
+    return json.dumps(record.to_json(), separators=(",", ":"))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else value
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """Redis unreachable is a transient condition for the client (503), never lost progress."""
+    try:
+        yield
+    except Exception as exc:
+        if type(exc).__module__.startswith("redis"):
+            raise BackendUnavailable(f"redis: {exc}") from exc
+        raise

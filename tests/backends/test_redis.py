@@ -1,0 +1,127 @@
+"""What only the Redis backend promises: several hosts, TTL locks, Redis going away."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bits_wsgi import BITSMiddleware
+from bits_wsgi.backends.redis import RedisBackend
+from bits_wsgi.errors import LockTimeout
+from bits_wsgi.testing import SESSION_A, new_record
+
+from ..conftest import BitsClient, error_of, fallback_app
+
+
+def backend(redis_url: str, shared: Path, prefix: str, **options: float) -> RedisBackend:
+    return RedisBackend(shared, url=redis_url, prefix=prefix, **options)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex}"
+
+
+def test_any_host_takes_any_fragment(redis_url: str, tmp_path: Path, prefix: str) -> None:
+    """Three hosts share Redis, the data directory and the upload root: any packet anywhere."""
+    uploads, shared = tmp_path / "uploads", tmp_path / "shared"
+    hosts = [
+        BitsClient(
+            BITSMiddleware(fallback_app, uploads, backend=backend(redis_url, shared, prefix))
+        )
+        for _ in range(3)
+    ]
+    data = os.urandom(50_000)
+    assert hosts[0].create().status_int == 200
+    session = hosts[0].session_id
+    for number, first in enumerate(range(0, len(data), 4_000)):
+        host = hosts[number % 3]
+        response = host.fragment(data[first : first + 4_000], first, len(data), session_id=session)
+        assert response.status_int == 200
+    assert hosts[2].close(session).status_int == 200
+    assert (uploads / "f.bin").read_bytes() == data
+    assert hosts[1].close(session).status_int == 200  # the tombstone is shared too
+
+
+def test_session_limit_is_shared(redis_url: str, tmp_path: Path, prefix: str) -> None:
+    apps = [
+        BITSMiddleware(
+            fallback_app,
+            tmp_path / "uploads",
+            backend=backend(redis_url, tmp_path / "shared", prefix),
+            session_limit=1,
+        )
+        for _ in range(2)
+    ]
+    assert BitsClient(apps[0], user="alice").create().status_int == 200
+    assert error_of(BitsClient(apps[1], user="alice").create())[0] == 503
+
+
+def test_a_dead_holders_lock_expires(redis_url: str, tmp_path: Path, prefix: str) -> None:
+    store = backend(redis_url, tmp_path, prefix, lock_ttl=0.5)
+    # a host that took the lock and died: nobody renews or releases it
+    store.client.set(f"{prefix}:lock:{SESSION_A}", "dead-host-token", px=500)
+    with pytest.raises(LockTimeout), store.lock(SESSION_A, 0.1):
+        pass
+    began = time.monotonic()
+    with store.lock(SESSION_A, 5.0):
+        waited = time.monotonic() - began
+    assert waited < 2.0  # seconds, not minutes
+
+
+def test_a_live_holder_keeps_its_lock_past_the_ttl(
+    redis_url: str, tmp_path: Path, prefix: str
+) -> None:
+    holder = backend(redis_url, tmp_path, prefix, lock_ttl=0.3)
+    other = backend(redis_url, tmp_path, prefix, lock_ttl=0.3)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with holder.lock(SESSION_A, 1.0):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert held.wait(10)
+        deadline = time.monotonic() + 1.2  # four TTLs
+        while time.monotonic() < deadline:
+            with pytest.raises(LockTimeout), other.lock(SESSION_A, 0.05):
+                pass
+    finally:
+        release.set()
+        thread.join()
+    with other.lock(SESSION_A, 1.0):
+        pass
+
+
+def test_only_the_holder_releases(redis_url: str, tmp_path: Path, prefix: str) -> None:
+    store = backend(redis_url, tmp_path, prefix, lock_ttl=5)
+    with store.lock(SESSION_A, 1.0):
+        store.client.set(f"{prefix}:lock:{SESSION_A}", "someone-else")  # the lock was taken over
+    assert store.client.get(f"{prefix}:lock:{SESSION_A}") == b"someone-else"
+
+
+def test_records_expire_in_redis(redis_url: str, tmp_path: Path, prefix: str) -> None:
+    store = backend(redis_url, tmp_path, prefix)
+    store.create(new_record())
+    ttl = store.client.ttl(f"{prefix}:session:{SESSION_A}")
+    assert 0 < ttl <= store.record_ttl
+
+
+def test_redis_unreachable_is_503(tmp_path: Path) -> None:
+    from .._ports import closed_port
+
+    unreachable = RedisBackend(tmp_path / "shared", url=f"redis://127.0.0.1:{closed_port()}/0")
+    client = BitsClient(BITSMiddleware(fallback_app, tmp_path / "uploads", backend=unreachable))
+    response = client.create()
+    assert error_of(response) == (503, "0x801901F7", "0x5")
+    assert response.headers["Retry-After"] == "60"
+    response = client.fragment(b"x", 0, 1, session_id="{" + SESSION_A + "}")
+    assert error_of(response) == (503, "0x801901F7", "0x5")
