@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, cast
 
 from . import paths
 from .auth import BasicAuth
-from .backends import FilesystemBackend
+from .backends import Backend, FilesystemBackend
 from .client import DEFAULT_FRAGMENT, UploadClient, UploadError
 from .config import DEFAULT_MAX_FRAGMENT_SIZE, DEFAULT_SESSION_TIMEOUT, UploadDirectory
 from .errors import CorruptRecord
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="absolute http(s) URL, or a URL relative to the upload, served by --app",
     )
     serve.add_argument("--notification-timeout", type=float, default=290.0, metavar="SECONDS")
+    add_backend_arguments(serve)
     serve.add_argument(
         "--app",
         default=None,
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     sessions.add_argument("root")
     sessions.add_argument("--json", action="store_true", help="one JSON object per session")
     sessions.add_argument("--all", action="store_true", help="include closed and cancelled")
+    add_backend_arguments(sessions)
 
     cleanup = commands.add_parser("cleanup", help="remove expired sessions under ROOT")
     cleanup.add_argument("root")
@@ -125,7 +127,38 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="idle time after which a session counts as expired",
     )
+    add_backend_arguments(cleanup)
     return parser
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        default=None,
+        metavar="redis://HOST:PORT/DB",
+        help="keep sessions in Redis, shared by several hosts (default: files under ROOT)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="PATH",
+        help="with --backend: the directory, mounted by every host, that holds upload bytes",
+    )
+
+
+def build_backend(args: argparse.Namespace) -> Backend | None:
+    """The session backend the arguments name; None means files under ROOT."""
+    if args.backend is None:
+        if args.data_dir is not None:
+            raise ValueError("--data-dir goes with --backend")
+        return None
+    if not args.backend.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"--backend takes a redis:// URL, got {args.backend!r}")
+    if args.data_dir is None:
+        raise ValueError("--backend needs --data-dir, the directory shared by the hosts")
+    from .backends.redis import RedisBackend
+
+    return RedisBackend(Path(args.data_dir), url=args.backend)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,7 +201,9 @@ def build_app(args: argparse.Namespace) -> WSGIApplication:
         notification_timeout=args.notification_timeout,
     )
     inner = import_app(args.app) if args.app else not_found
-    app: WSGIApplication = BITSMiddleware(inner, directories=[directory])
+    app: WSGIApplication = BITSMiddleware(
+        inner, directories=[directory], backend=build_backend(args)
+    )
     if args.user:
         app = BasicAuth(app, _parse_users(args.user))
     return app
@@ -260,9 +295,11 @@ def default_state_file(source: Path, url: str) -> Path:
 
 
 def _sessions(args: argparse.Namespace) -> int:
-    if not os.path.isdir(Path(args.root) / paths.STATE_DIR_NAME):
-        raise ValueError(f"{args.root} holds no sessions ({paths.STATE_DIR_NAME}/ is missing)")
-    backend = FilesystemBackend(Path(args.root))
+    backend = build_backend(args)
+    if backend is None:
+        if not os.path.isdir(Path(args.root) / paths.STATE_DIR_NAME):
+            raise ValueError(f"{args.root} holds no sessions ({paths.STATE_DIR_NAME}/ is missing)")
+        backend = FilesystemBackend(Path(args.root))
     now = time.time()
     rows: list[dict[str, object]] = []
     for session_id in sorted(backend.session_ids()):
@@ -306,7 +343,11 @@ def _sessions(args: argparse.Namespace) -> int:
 def _cleanup(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.root):
         raise ValueError(f"{args.root} is not a directory")
-    server = UploadServer(UploadDirectory(upload_dir=Path(args.root)), sweep_interval=None)
+    server = UploadServer(
+        UploadDirectory(upload_dir=Path(args.root)),
+        build_backend(args),
+        sweep_interval=None,
+    )
     removed = server.sweep(older_than=args.older_than)
     print(f"removed {removed} expired session{'s' if removed != 1 else ''}")
     return 0
