@@ -125,3 +125,71 @@ def test_redis_unreachable_is_503(tmp_path: Path) -> None:
     assert response.headers["Retry-After"] == "60"
     response = client.fragment(b"x", 0, 1, session_id="{" + SESSION_A + "}")
     assert error_of(response) == (503, "0x801901F7", "0x5")
+
+
+def _age(store: RedisBackend, session_id: str, seconds: float) -> None:
+    record = store.load(session_id)
+    assert record is not None
+    record.last_activity -= seconds
+    store.save(record)
+
+
+def test_cleanup_across_hosts(redis_url: str, tmp_path: Path, prefix: str) -> None:
+    """Two hosts sweep the same shared state at once: each expired session goes exactly once,
+    and a session whose lock is held (a fragment streaming) survives, however old."""
+    from bits_wsgi import UploadDirectory, UploadServer
+
+    shared, uploads = tmp_path / "shared", tmp_path / "uploads"
+    store = backend(redis_url, shared, prefix)
+    ids = [str(uuid.uuid4()).upper() for _ in range(40)]
+    for session_id in ids:
+        record = new_record(session_id)
+        store.create(record)
+        _age(store, session_id, 7200)
+    busy = ids[0]
+    servers = [
+        UploadServer(
+            UploadDirectory(upload_dir=uploads),
+            backend(redis_url, shared, prefix),
+            sweep_interval=None,
+        )
+        for _ in range(2)
+    ]
+    removed: list[int] = []
+    with store.lock(busy, 1.0):
+        threads = [
+            threading.Thread(target=lambda s=server: removed.append(s.sweep(older_than=3600)))
+            for server in servers
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert sum(removed) == len(ids) - 1
+    assert store.load(busy) is not None
+    assert [i for i in ids if store.load(i) is not None] == [busy]
+
+
+def test_cleanup_command_against_redis(
+    redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bits_wsgi.cli import main
+
+    url = redis_url.rsplit("/", 1)[0] + "/1"  # a database of its own: the default key prefix
+    shared, uploads = tmp_path / "shared", tmp_path / "uploads"
+    uploads.mkdir()
+    store = RedisBackend(shared, url=url)
+    store.client.flushdb()
+    for number in range(5):
+        session_id = str(uuid.uuid4()).upper()
+        record = new_record(session_id)
+        record.last_activity = time.time()
+        store.create(record)
+        if number < 3:
+            _age(store, session_id, 7200)
+    arguments = ["--backend", url, "--data-dir", str(shared)]
+    assert main(["cleanup", str(uploads), *arguments, "--older-than", "3600"]) == 0
+    assert capsys.readouterr().out.strip() == "removed 3 expired sessions"
+    assert main(["sessions", str(uploads), *arguments, "--json"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert main(["cleanup", str(uploads), "--data-dir", str(shared)]) == 2  # needs --backend
