@@ -28,6 +28,17 @@ CHUNK = 1024 * 1024
 project = BITSMiddleware(not_found, ROOT, session_limit=None)
 
 
+def _project_redis() -> BITSMiddleware:
+    from bits_wsgi.backends.redis import RedisBackend
+
+    backend = RedisBackend(ROOT / "shared", url=os.environ["BENCH_REDIS_URL"])
+    return BITSMiddleware(not_found, ROOT, session_limit=None, backend=backend)
+
+
+#: The same app with sessions in Redis and bytes in a (here local) shared directory.
+project_redis = _project_redis() if os.environ.get("BENCH_REDIS_URL") else None
+
+
 def baseline(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     kind = environ.get("HTTP_BITS_PACKET_TYPE", "")
     headers = [("BITS-Packet-Type", "Ack"), ("Content-Length", "0")]

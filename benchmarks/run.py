@@ -70,14 +70,14 @@ class Server:
         raise RuntimeError(f"{self.name} did not start")
 
     def stop(self) -> None:
-        if self.process is not None:
+        if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(60)
 
     def clean(self) -> None:
         """Remove uploaded files between runs, keeping the running server's state folders."""
         for entry in self.root.iterdir():
-            if entry.name == "BITS-Sessions":
+            if entry.name in ("BITS-Sessions", "shared"):
                 for sub in entry.iterdir():
                     if sub.name in ("Requests", "Owners", "Locks", "Replies"):
                         for item in sub.iterdir():
@@ -102,6 +102,11 @@ def servers(base: Path) -> dict[str, Server]:
             base / "project-nofsync",
             [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:project"],
             env={"BENCH_WITHOUT_FSYNC": "1"},
+        ),
+        "project-redis": Server(
+            "project-redis",
+            base / "project-redis",
+            [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:project_redis"],
         ),
         "baseline": Server(
             "baseline",
@@ -260,7 +265,11 @@ def main() -> None:
         base = Path(scratch)
         pool = servers(base)
         needed = {name for pair in args.pairs for name in pair.split(":")}
+        redis_server = None
         try:
+            if "project-redis" in needed:
+                redis_server = start_redis(base)
+                pool["project-redis"].env["BENCH_REDIS_URL"] = redis_server[1]
             for name in needed:
                 pool[name].start()
             print("| scenario | A | B | A median | B median | A/B |")
@@ -297,9 +306,40 @@ def main() -> None:
         finally:
             for server in pool.values():
                 server.stop()
+            if redis_server is not None:
+                redis_server[0].terminate()
+                redis_server[0].wait(20)
     out = PROJECT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))
+
+
+def start_redis(base: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server on a free loopback port, persistence as Debian ships it (no fsync)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--dir",
+            str(base),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return process, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")
 
 
 def fragment_sweep(

@@ -41,6 +41,7 @@ from .files import DirectoryStore
 #: Longer than the default session timeout (14 days) plus the tombstone retention (1 day).
 DEFAULT_RECORD_TTL = 30 * 86_400
 DEFAULT_LOCK_TTL = 10.0
+_MISSING = object()
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -78,6 +79,13 @@ class RedisBackend(DirectoryStore):
         self.lock_ttl = lock_ttl
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        # One thread renews every lock this process holds: a thread per packet costs more
+        # than the packet's own Redis round trips.
+        self._held: dict[str, str] = {}
+        # The record read in the same round trip as the lock that guards it (see lock()).
+        self._prefetched = threading.local()
+        self._held_guard = threading.Lock()
+        self._renewer: threading.Thread | None = None
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -97,8 +105,12 @@ class RedisBackend(DirectoryStore):
             pipe.execute()
 
     def load(self, session_id: str) -> SessionRecord | None:
-        with _unavailable():
-            raw = self.client.get(self._key("session", session_id))
+        prefetched = getattr(self._prefetched, "records", {}).pop(session_id, _MISSING)
+        if prefetched is not _MISSING:
+            raw = prefetched
+        else:
+            with _unavailable():
+                raw = self.client.get(self._key("session", session_id))
         if raw is None:
             return None
         try:
@@ -147,30 +159,51 @@ class RedisBackend(DirectoryStore):
         deadline = time.monotonic() + timeout
         delay = 0.002
         with _unavailable():
-            while not self.client.set(key, token, nx=True, px=ttl_ms):
+            while True:
+                # Take the lock and read the record in one round trip: a packet's first load
+                # under the lock is then free (the record cannot change while we hold it).
+                pipe = self.client.pipeline(transaction=False)
+                pipe.set(key, token, nx=True, px=ttl_ms)
+                pipe.get(self._key("session", session_id))
+                acquired, raw = pipe.execute()
+                if acquired:
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise LockTimeout("session is busy")
                 time.sleep(min(delay, remaining))
                 delay = min(delay * 2, 0.05)
-        stop = threading.Event()
-
-        def renew() -> None:
-            # Renewed while the holder lives, so a long fragment or notification keeps it;
-            # a dead holder stops renewing and the lock expires by its TTL.
-            while not stop.wait(self.lock_ttl / 3):
-                with contextlib.suppress(Exception):
-                    self._renew(keys=[key], args=[token, ttl_ms])
-
-        renewer = threading.Thread(target=renew, name="bits-wsgi-lock-renew", daemon=True)
-        renewer.start()
+        records = getattr(self._prefetched, "records", None)
+        if records is None:
+            records = self._prefetched.records = {}
+        records[session_id] = raw
+        with self._held_guard:
+            self._held[key] = token
+            if self._renewer is None or not self._renewer.is_alive():
+                self._renewer = threading.Thread(
+                    target=self._renew_held, name="bits-wsgi-lock-renew", daemon=True
+                )
+                self._renewer.start()
         try:
             yield
         finally:
-            stop.set()
-            renewer.join()
+            records.pop(session_id, None)
+            with self._held_guard:
+                self._held.pop(key, None)
             with contextlib.suppress(Exception):
                 self._release(keys=[key], args=[token])
+
+    def _renew_held(self) -> None:
+        """Renew held locks while their holders live, so a long fragment or notification keeps
+        its lock; a dead host renews nothing, and its locks expire by their TTL."""
+        ttl_ms = int(self.lock_ttl * 1000)
+        while True:
+            time.sleep(self.lock_ttl / 3)
+            with self._held_guard:
+                held = list(self._held.items())
+            for key, token in held:
+                with contextlib.suppress(Exception):
+                    self._renew(keys=[key], args=[token, ttl_ms])
 
     # -- enumeration --------------------------------------------------------------------------
 
