@@ -311,7 +311,9 @@ def main() -> None:
                 redis_server[0].wait(20)
     out = PROJECT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
-    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    text = json.dumps(results, indent=2)
+    (out / "latest.json").write_text(text)
+    (out / f"{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(text)
 
 
 def start_redis(base: Path) -> tuple[subprocess.Popen[bytes], str]:
