@@ -112,3 +112,19 @@ def test_every_serve_flag_is_documented() -> None:
         for flag in action.option_strings:
             if flag.startswith("--") and flag != "--help":
                 assert flag in text, f"{flag} is not documented"
+
+
+def test_security_controls_point_at_existing_tests() -> None:
+    text = (PROJECT / "docs" / "security.md").read_text()
+    references = re.findall(r"`((?:tests|bits_wsgi)/[\w/]+\.py)::([\w:]+)`", text)
+    expanded = []
+    for path, names in references:
+        expanded.append((path, names.split("::")[-1]))
+    # the ", `::other`" shorthand refers to the file named before it
+    for match in re.finditer(r"`((?:tests|bits_wsgi)/[\w/]+\.py)::\w+`((?:, `::\w+`)+)", text):
+        for name in re.findall(r"`::(\w+)`", match.group(2)):
+            expanded.append((match.group(1), name))
+    assert len(expanded) >= 20
+    for path, name in expanded:
+        source = (PROJECT / path).read_text()
+        assert f"def {name}(" in source, f"docs/security.md names {path}::{name}, which is gone"

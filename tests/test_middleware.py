@@ -865,3 +865,16 @@ def test_a_backend_that_loses_bytes_never_moves_the_offset(upload_dir: Path) -> 
     response = client.fragment(b"abcdef", 0, 12)
     assert error_of(response) == (500, "0x801901F4", "0x5")
     assert records(upload_dir)[0]["received"] == 0
+
+
+def test_an_enormous_declared_total_allocates_nothing(make_client: Make, upload_dir: Path) -> None:
+    """T and B are never trusted ahead of the data (PROTOCOL.md §9.3)."""
+    client = make_client()
+    client.create()
+    huge = 2**63 - 1
+    response = client.fragment(b"x", 0, huge)
+    assert response.status_int == 200
+    assert response.headers["BITS-Received-Content-Range"] == "1"
+    (data_file,) = (upload_dir / "BITS-Sessions" / "Requests").glob("*/requestfile.bin")
+    assert data_file.stat().st_size == 1
+    assert data_file.stat().st_blocks <= 8  # no sparse preallocation either
