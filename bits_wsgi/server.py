@@ -270,6 +270,7 @@ class UploadServer:
             record.received, record.total, packet.range, self.directory.max_upload_size
         )
         if plan.action is FragmentAction.FINAL_REPEAT:
+            record.total = packet.range.total
             if record.state is SessionState.WAIT_FOR_CLOSE:
                 return self._touched(record, self._final_ack(record))
             return self._finish(record, request)

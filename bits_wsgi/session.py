@@ -150,7 +150,10 @@ def plan_fragment(
         raise InvalidRequest(f"total changed from {recorded_total} to {total}", received=received)
     if recorded_total is None and max_upload_size is not None and total > max_upload_size:  # f
         raise UploadTooLarge(f"total {total} exceeds {max_upload_size}", received=received)
-    if recorded_total is not None and received == recorded_total:  # g
+    # g: N = T already. The data can hold all T bytes before any total is recorded (a worker
+    # died between writing the last bytes and recording them): that is completion too, never a
+    # duplicate, or a Close would discard a finished upload.
+    if received == (recorded_total if recorded_total is not None else total):
         return FragmentPlan(FragmentAction.FINAL_REPEAT, received=received)
     if first > received:  # h: gap
         raise RangeGap(f"fragment starts at {first}, expected {received}", received=received)

@@ -878,3 +878,23 @@ def test_an_enormous_declared_total_allocates_nothing(make_client: Make, upload_
     (data_file,) = (upload_dir / "BITS-Sessions" / "Requests").glob("*/requestfile.bin")
     assert data_file.stat().st_size == 1
     assert data_file.stat().st_blocks <= 8  # no sparse preallocation either
+
+
+def test_a_crash_between_the_last_bytes_and_the_commit_is_recovered(
+    make_client: Make, upload_dir: Path
+) -> None:
+    """Found by benchmarks/soak.py: a single-fragment upload whose worker died after writing the
+    bytes but before recording the total. The retried fragment must complete and commit, not be
+    taken for a duplicate (which would let Close discard a finished upload)."""
+    client = make_client()
+    client.create()
+    assert client.session_id is not None
+    key = normalise_session_id(client.session_id)
+    assert key is not None
+    FilesystemBackend(upload_dir).write(key, 0, [b"all the bytes"])  # then the worker died
+    response = client.fragment(b"all the bytes", 0, 13)
+    assert response.status_int == 200
+    assert response.headers["BITS-Received-Content-Range"] == "13"
+    assert (upload_dir / "f.bin").read_bytes() == b"all the bytes"
+    assert client.close().status_int == 200
+    assert (upload_dir / "f.bin").read_bytes() == b"all the bytes"

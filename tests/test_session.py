@@ -37,8 +37,11 @@ W, D, R = FragmentAction.WRITE, FragmentAction.DUPLICATE, FragmentAction.FINAL_R
         # Final repeat: N = T already
         (1000, 1000, (900, 999, 1000), (R, 0, 0, 1000)),
         (1000, 1000, (0, 9, 1000), (R, 0, 0, 1000)),
-        # D13: the empty upload completes with nothing written
-        (0, None, (0, -1, 0), (W, 0, 0, 0)),
+        # D13: the empty upload is complete as soon as it is announced
+        (0, None, (0, -1, 0), (R, 0, 0, 0)),
+        # all T bytes held before a total was recorded (a crash): completion, not a duplicate
+        (13, None, (0, 12, 13), (R, 0, 0, 13)),
+        (13, None, (5, 12, 13), (R, 0, 0, 13)),
         (0, 0, (0, -1, 0), (R, 0, 0, 0)),
     ],
 )
