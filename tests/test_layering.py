@@ -19,7 +19,7 @@ ALLOWED = {
     "notify": {"errors"},
     "_files": {"errors"},
     "backends.base": {"session"},
-    "backends.files": {"_files"},
+    "backends.files": {"_files", "errors", "session"},
     "backends.filesystem": {"_files", "backends.files", "errors", "paths", "session"},
     "backends.memory": {"_files", "errors", "session"},
     "backends.redis": {"backends.files", "errors", "session"},

@@ -13,12 +13,15 @@ normalised GUIDs (``protocol.normalise_session_id``), never client text.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 from .._files import publish
+from ..errors import CorruptRecord
+from ..session import SessionRecord
 
 DATA_NAME = "requestfile.bin"
 REPLY_NAME = "responsefile.bin"
@@ -49,6 +52,24 @@ class DirectoryStore:
         folder = self._replies / f"{{{session_id}}}"
         folder.mkdir(exist_ok=True)
         return folder / REPLY_NAME
+
+    def decode_record(self, session_id: str, raw: bytes | str) -> SessionRecord:
+        """A stored record, checked, with the offset taken from the data it describes.
+
+        The offset is the data's length (what the store holds after any crash), for an active,
+        uncommitted session. Anything unreadable is ``CorruptRecord``, never a crash.
+        """
+        try:
+            record = SessionRecord.from_json(json.loads(raw))
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise CorruptRecord(f"session {session_id}: {exc}") from exc
+        if record.id != session_id:
+            raise CorruptRecord(f"session {session_id}: record names {record.id}")
+        if not record.state.is_tombstone and not record.committed:
+            size = self.data_size(session_id)
+            if size is not None:
+                record.received = size
+        return record
 
     def create_files(self, session_id: str) -> None:
         """An empty data file for a new session."""

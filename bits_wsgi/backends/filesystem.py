@@ -74,18 +74,7 @@ class FilesystemBackend(DirectoryStore):
                 raw = handle.read()
         except FileNotFoundError:
             return None
-        try:
-            record = SessionRecord.from_json(json.loads(raw))
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            raise CorruptRecord(f"session {session_id}: {exc}") from exc
-        if record.id != session_id:
-            raise CorruptRecord(f"session {session_id}: record names {record.id}")
-        if not record.state.is_tombstone and not record.committed:
-            # The offset is the data's length: what the disk holds, after any crash.
-            size = self.data_size(session_id)
-            if size is not None:
-                record.received = size
-        return record
+        return self.decode_record(session_id, raw)
 
     def save(self, record: SessionRecord, *, durable: bool = False) -> None:
         atomic_write(self._session_dir(record.id) / RECORD_NAME, _encode(record), durable=durable)

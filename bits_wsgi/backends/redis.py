@@ -113,17 +113,7 @@ class RedisBackend(DirectoryStore):
                 raw = self.client.get(self._key("session", session_id))
         if raw is None:
             return None
-        try:
-            record = SessionRecord.from_json(json.loads(raw))
-        except ValueError as exc:
-            raise CorruptRecord(f"session {session_id}: {exc}") from exc
-        if record.id != session_id:
-            raise CorruptRecord(f"session {session_id}: record names {record.id}")
-        if not record.state.is_tombstone and not record.committed:
-            size = self.data_size(session_id)
-            if size is not None:
-                record.received = size
-        return record
+        return self.decode_record(session_id, raw)
 
     def save(self, record: SessionRecord, *, durable: bool = False) -> None:
         # One Redis command replaces the record atomically (§10.2); how durable it is after a
