@@ -18,6 +18,7 @@ from bits_wsgi import BITSMiddleware
 from bits_wsgi.backends import Backend, MemoryBackend
 
 from ..conftest import BitsClient, call, fallback_app, raw_environ
+from .offset_model import expected
 
 steps = st.lists(
     st.tuples(
@@ -40,20 +41,6 @@ def send(app: Any, session_id: str, data: bytes, first: int, length: int, short:
     )
     environ["wsgi.input"] = io.BytesIO(body[: length // 2] if short else body)
     return call(app, environ)
-
-
-def expected(received: int, total: int, first: int, length: int, short: bool) -> tuple[int, int]:
-    """The model: (status, received after) for one fragment."""
-    last = first + length - 1
-    if received == total:
-        return 200, received
-    if first > received:
-        return 416, received
-    if last < received:
-        return 200, received
-    if short:
-        return 400, received
-    return 200, last + 1
 
 
 def run_schedule(
