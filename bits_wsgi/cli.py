@@ -141,8 +141,10 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         default=None,
-        metavar="PATH",
-        help="with --backend: the directory, mounted by every host, that holds upload bytes",
+        metavar="PATH|s3://BUCKET/PREFIX",
+        help="with --backend: where upload bytes live, a directory every host mounts or an S3 "
+        "bucket (committed uploads then become objects below PREFIX; boto3 finds credentials "
+        "and AWS_ENDPOINT_URL in the environment)",
     )
 
 
@@ -158,6 +160,13 @@ def build_backend(args: argparse.Namespace) -> Backend | None:
         raise ValueError("--backend needs --data-dir, the directory shared by the hosts")
     from .backends.redis import RedisBackend
 
+    if args.data_dir.startswith("s3://"):
+        from .backends.s3 import S3Store
+
+        bucket, _, prefix = args.data_dir.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise ValueError(f"--data-dir {args.data_dir!r} names no bucket")
+        return RedisBackend(S3Store(bucket, prefix=prefix), url=args.backend)
     return RedisBackend(Path(args.data_dir), url=args.backend)
 
 

@@ -208,8 +208,7 @@ class BITSMiddleware:
             if envelope.packet_type is PacketType.PING:  # step 8
                 ack = Ack()
             else:
-                creating = envelope.packet_type is PacketType.CREATE_SESSION
-                destination = self._destination(environ, server, creating)  # step 9
+                destination = self._destination(environ, server)  # step 9
                 packet = parse_packet(envelope, headers)  # step 10
                 request = self._request_info(environ, server, destination, envelope.packet_type)
                 ack = server.handle(packet, request, body)  # steps 11-12
@@ -227,16 +226,14 @@ class BITSMiddleware:
         _log_packet(environ, envelope, headers, ack, destination, started)
         return []
 
-    def _destination(self, environ: WSGIEnvironment, server: UploadServer, creating: bool) -> str:
-        """Step 9. The filesystem is consulted at Create-Session (and again at commit); later
-        packets must name the session's own destination, so the syntax rules suffice there."""
+    def _destination(self, environ: WSGIEnvironment, server: UploadServer) -> str:
+        """Step 9, the syntax rules. The backend consults the filesystem (or object store) at
+        Create-Session and again at commit; later packets must name the session's own
+        destination, so the syntax rules suffice there."""
         target = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO")
         paths.check_target_length(str(target or ""))
         tail = environ.get("PATH_INFO", "")[len(server.directory.prefix) :]
-        key = paths.destination_key(tail)
-        if creating:
-            paths.resolve_destination(server.directory.upload_dir, key)
-        return key
+        return paths.destination_key(tail)
 
     def _request_info(
         self, environ: WSGIEnvironment, server: UploadServer, destination: str, kind: PacketType

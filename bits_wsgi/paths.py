@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InvalidRequest
@@ -96,3 +97,21 @@ def prepare_destination(root: Path, key: str) -> Path:
     path = resolve_destination(root, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     return resolve_destination(root, key)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a session's upload is committed: a checked key below an upload directory's root.
+
+    Backends that publish files resolve it below ``root``; object stores name their object after
+    ``key`` and ignore ``root``.
+    """
+
+    root: Path
+    key: str
+
+    def resolve(self) -> Path:
+        return resolve_destination(self.root, self.key)
+
+    def prepare(self) -> Path:
+        return prepare_destination(self.root, self.key)

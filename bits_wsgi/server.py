@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import paths
-from .backends.base import Backend, LocalFiles
+from .backends.base import Backend, LocalFiles, local_files
 from .backends.filesystem import FilesystemBackend
 from .body import BodyReader
 from .config import UploadDirectory
@@ -108,7 +108,8 @@ class UploadServer:
         self.backend: Backend = (
             backend if backend is not None else FilesystemBackend(directory.upload_dir)
         )
-        if directory.reply_mode and not isinstance(self.backend, LocalFiles):
+        self._files: LocalFiles | None = local_files(self.backend)
+        if directory.reply_mode and self._files is None:
             raise ValueError("upload-reply mode needs a backend that keeps files on this host")
         self.events = events if events is not None else Events()
         # Activity is stored at this resolution, so that most fragments write no record at all
@@ -151,8 +152,8 @@ class UploadServer:
 
     def _create(self, request: RequestInfo) -> Ack:
         settings = self.directory
-        destination = paths.resolve_destination(settings.upload_dir, request.destination)
-        if destination.exists() and not settings.allow_overwrites:
+        destination = paths.Destination(settings.upload_dir, request.destination)
+        if self.backend.destination_exists(destination) and not settings.allow_overwrites:
             raise AccessDenied(f"destination {request.destination} exists")
         limit = settings.session_limit
         if limit and self._count_live_sessions(request.identity) >= limit:
@@ -351,8 +352,8 @@ class UploadServer:
 
     def _notify(self, record: SessionRecord, request: RequestInfo) -> None:
         settings = self.directory
-        backend = self.backend
-        assert isinstance(backend, LocalFiles)  # checked in __init__
+        backend = self._files
+        assert backend is not None  # checked in __init__
         reply_path = backend.reply_path(record.id)
         by_reference = settings.notification_type == "by-reference"
         upload = Upload(
@@ -413,7 +414,7 @@ class UploadServer:
     def reply_file(self, raw_session_id: str, identity: str) -> Path:
         """The reply a GET may download (§7.5), after the owner check; refreshes activity."""
         session_id = normalise_session_id(raw_session_id)
-        if session_id is None or not isinstance(self.backend, LocalFiles):
+        if session_id is None or self._files is None:
             raise ReplyUnavailable(404, "no such reply")
         try:
             with self.backend.lock(session_id, self.directory.lock_timeout):
@@ -426,7 +427,7 @@ class UploadServer:
                 if record.owner != identity:
                     status = 401 if not identity else 403
                     raise ReplyUnavailable(status, "the reply belongs to another identity")
-                path = self.backend.reply_path(session_id)
+                path = self._files.reply_path(session_id)
                 if not record.notified or not path.is_file():
                     raise ReplyUnavailable(404, "no stored reply")
                 self._touched(record, Ack())
@@ -477,10 +478,10 @@ class UploadServer:
             return entry[1].hexdigest()
         if record.received == 0:
             return hashlib.sha256().hexdigest()
-        if not isinstance(self.backend, LocalFiles):
+        if self._files is None:
             return None
         try:
-            with open(self.backend.data_path(record.id), "rb") as data:
+            with open(self._files.data_path(record.id), "rb") as data:
                 return hashlib.file_digest(data, "sha256").hexdigest()
         except FileNotFoundError:
             return None
@@ -507,7 +508,7 @@ class UploadServer:
 
     def _commit(self, record: SessionRecord) -> None:
         settings = self.directory
-        destination = paths.prepare_destination(settings.upload_dir, record.destination)
+        destination = paths.Destination(settings.upload_dir, record.destination)
         try:
             self.backend.commit(record.id, destination, overwrite=settings.allow_overwrites)
         except DestinationExists:

@@ -24,17 +24,19 @@ import pytest
 
 from .backends.base import Backend
 from .errors import DestinationExists, LockTimeout
+from .paths import Destination
 from .session import SessionRecord, SessionState
 
 SESSION_A = "A0FF5911-4144-45B3-BF27-27AFC8EC8A67"
 SESSION_B = "C85B4E0A-9EB9-4114-BFA4-8A43B4710091"
+DESTINATION = "dir/f.bin"
 
 
 def new_record(session_id: str = SESSION_A, owner: str = "alice") -> SessionRecord:
     return SessionRecord(
         id=session_id,
         owner=owner,
-        destination="dir/f.bin",
+        destination=DESTINATION,
         url="http://example.test/dir/f.bin",
         state=SessionState.RECEIVING,
         created=1_000.0,
@@ -140,63 +142,82 @@ class BackendContract:
         assert backend.data_size(SESSION_A) == 1000
 
     # -- commit -------------------------------------------------------------------------------
+    # Commits go to the record's destination (``new_record``: "dir/f.bin"). Backends that
+    # publish somewhere other than files below ``root`` override the two helpers below.
 
-    def _committed_bytes(self, backend: Backend, root: Path) -> bytes:
-        destination = root / "out" / f"{os.urandom(4).hex()}.bin"
-        destination.parent.mkdir(exist_ok=True)
-        backend.commit(SESSION_A, destination, overwrite=False)
-        return destination.read_bytes()
+    def read_destination(self, backend: Backend, root: Path, key: str) -> bytes | None:
+        """The bytes committed at ``key``, or None if nothing is there."""
+        path = root.joinpath(*key.split("/"))
+        return path.read_bytes() if path.exists() else None
+
+    def place_destination(self, backend: Backend, root: Path, key: str, data: bytes) -> None:
+        """Put someone else's file at ``key``."""
+        path = root.joinpath(*key.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def _committed_bytes(self, backend: Backend, root: Path) -> bytes | None:
+        backend.commit(SESSION_A, Destination(root, DESTINATION), overwrite=True)
+        return self.read_destination(backend, root, DESTINATION)
 
     def test_commit_publishes_the_exact_bytes(self, backend: Backend, root: Path) -> None:
         payload = os.urandom(300_000)
         backend.create(new_record())
         backend.write(SESSION_A, 0, [payload[:100_000], payload[100_000:]])
-        destination = root / "f.bin"
-        backend.commit(SESSION_A, destination, overwrite=False)
-        assert hashlib.sha256(destination.read_bytes()).digest() == hashlib.sha256(payload).digest()
-        assert not stat.S_IMODE(destination.stat().st_mode) & 0o111
-        assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
+        backend.commit(SESSION_A, Destination(root, DESTINATION), overwrite=False)
+        committed = self.read_destination(backend, root, DESTINATION)
+        assert committed is not None
+        assert hashlib.sha256(committed).digest() == hashlib.sha256(payload).digest()
+        path = root / DESTINATION
+        if path.exists():  # a file backend: an ordinary file, and no staging files left
+            assert not stat.S_IMODE(path.stat().st_mode) & 0o111
+            assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
 
     def test_commit_of_an_empty_upload(self, backend: Backend, root: Path) -> None:
         backend.create(new_record())
-        backend.commit(SESSION_A, root / "empty.bin", overwrite=False)
-        assert (root / "empty.bin").read_bytes() == b""
+        backend.commit(SESSION_A, Destination(root, DESTINATION), overwrite=False)
+        assert self.read_destination(backend, root, DESTINATION) == b""
+
+    def test_destination_exists(self, backend: Backend, root: Path) -> None:
+        assert not backend.destination_exists(Destination(root, DESTINATION))
+        self.place_destination(backend, root, DESTINATION, b"theirs")
+        assert backend.destination_exists(Destination(root, DESTINATION))
 
     def test_commit_refuses_an_existing_destination(self, backend: Backend, root: Path) -> None:
-        (root / "f.bin").write_bytes(b"theirs")
         backend.create(new_record())
         backend.write(SESSION_A, 0, [b"mine"])
+        self.place_destination(backend, root, DESTINATION, b"theirs")
         with pytest.raises(DestinationExists):
-            backend.commit(SESSION_A, root / "f.bin", overwrite=False)
-        assert (root / "f.bin").read_bytes() == b"theirs"
+            backend.commit(SESSION_A, Destination(root, DESTINATION), overwrite=False)
+        assert self.read_destination(backend, root, DESTINATION) == b"theirs"
 
     def test_commit_overwrites_when_allowed(self, backend: Backend, root: Path) -> None:
-        (root / "f.bin").write_bytes(b"theirs")
         backend.create(new_record())
         backend.write(SESSION_A, 0, [b"mine"])
-        backend.commit(SESSION_A, root / "f.bin", overwrite=True)
-        assert (root / "f.bin").read_bytes() == b"mine"
+        self.place_destination(backend, root, DESTINATION, b"theirs")
+        backend.commit(SESSION_A, Destination(root, DESTINATION), overwrite=True)
+        assert self.read_destination(backend, root, DESTINATION) == b"mine"
 
     def test_commit_is_idempotent(self, backend: Backend, root: Path) -> None:
         backend.create(new_record())
         backend.write(SESSION_A, 0, [b"once"])
-        backend.commit(SESSION_A, root / "f.bin", overwrite=False)
-        backend.commit(SESSION_A, root / "f.bin", overwrite=False)
-        assert (root / "f.bin").read_bytes() == b"once"
+        backend.commit(SESSION_A, Destination(root, DESTINATION), overwrite=False)
+        backend.commit(SESSION_A, Destination(root, DESTINATION), overwrite=False)
+        assert self.read_destination(backend, root, DESTINATION) == b"once"
 
     def test_commit_without_data_is_file_not_found(self, backend: Backend, root: Path) -> None:
         backend.create(new_record())
         backend.discard_data(SESSION_A)
         with pytest.raises(FileNotFoundError):
-            backend.commit(SESSION_A, root / "f.bin", overwrite=False)
-        assert not (root / "f.bin").exists()
+            backend.commit(SESSION_A, Destination(root, DESTINATION), overwrite=False)
+        assert self.read_destination(backend, root, DESTINATION) is None
 
     def test_committed_file_outlives_the_session(self, backend: Backend, root: Path) -> None:
         backend.create(new_record())
         backend.write(SESSION_A, 0, [b"keep"])
-        backend.commit(SESSION_A, root / "f.bin", overwrite=False)
+        backend.commit(SESSION_A, Destination(root, DESTINATION), overwrite=False)
         backend.delete(SESSION_A)
-        assert (root / "f.bin").read_bytes() == b"keep"
+        assert self.read_destination(backend, root, DESTINATION) == b"keep"
 
     # -- removal ------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from bits_wsgi import BITSMiddleware
 from bits_wsgi.protocol import PROTOCOL_GUID
 
 from .redis_server import redis_url  # noqa: F401 - a session fixture for every test module
+from .s3_server import s3_endpoint  # noqa: F401 - a session fixture for every test module
 
 
 def fallback_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -18,11 +18,12 @@ ALLOWED = {
     "events": set(),
     "notify": {"errors"},
     "_files": {"errors"},
-    "backends.base": {"session"},
-    "backends.files": {"_files", "errors", "session"},
+    "backends.base": {"paths", "session"},
+    "backends.files": {"_files", "errors", "paths", "session"},
     "backends.filesystem": {"_files", "backends.files", "errors", "paths", "session"},
-    "backends.memory": {"_files", "errors", "session"},
-    "backends.redis": {"backends.files", "errors", "session"},
+    "backends.memory": {"_files", "errors", "paths", "session"},
+    "backends.redis": {"backends.base", "backends.files", "errors", "paths", "session"},
+    "backends.s3": {"errors", "paths"},
 }
 
 

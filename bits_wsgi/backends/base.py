@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from ..paths import Destination
 from ..session import SessionRecord
 
 
@@ -43,7 +44,14 @@ class Backend(Protocol):
     def data_size(self, session_id: str) -> int | None:
         """Bytes of data held, or None if the data is gone."""
 
-    def commit(self, session_id: str, destination: Path, *, overwrite: bool) -> None:
+    def destination_exists(self, destination: Destination) -> bool:
+        """Whether something is already committed at ``destination`` (checked at Create).
+
+        File backends resolve it below its root, raising ``InvalidRequest`` where symlinks
+        lead out of the root or the path runs through a file.
+        """
+
+    def commit(self, session_id: str, destination: Destination, *, overwrite: bool) -> None:
         """Publish the data at ``destination`` atomically, durably and idempotently.
 
         The caller has synced the data (``sync``) since its last write.
@@ -71,6 +79,31 @@ class Backend(Protocol):
         """Every stored id, tombstones included, for sweeps."""
 
 
+class BlobStore(Protocol):
+    """Where a backend that keeps its records elsewhere (Redis) keeps the upload bytes.
+
+    The methods of the same name in :class:`Backend` say what each must do;
+    ``create_data`` starts the empty data of a session bound for ``destination_key``, and
+    ``delete_data`` removes every byte of the session, reply included.
+    """
+
+    def create_data(self, session_id: str, destination_key: str) -> None: ...
+
+    def write(self, session_id: str, offset: int, chunks: Iterable[bytes]) -> int: ...
+
+    def sync(self, session_id: str) -> None: ...
+
+    def data_size(self, session_id: str) -> int | None: ...
+
+    def destination_exists(self, destination: Destination) -> bool: ...
+
+    def commit(self, session_id: str, destination: Destination, *, overwrite: bool) -> None: ...
+
+    def discard_data(self, session_id: str) -> None: ...
+
+    def delete_data(self, session_id: str) -> None: ...
+
+
 @runtime_checkable
 class LocalFiles(Protocol):
     """Optional capability: the upload and its reply are files on this host.
@@ -84,3 +117,11 @@ class LocalFiles(Protocol):
 
     def reply_path(self, session_id: str) -> Path:
         """Where the session's reply lives; its folder is created if missing."""
+
+
+def local_files(backend: object) -> LocalFiles | None:
+    """The backend's files on this host, if it keeps them: itself, or its blob store."""
+    for candidate in (backend, getattr(backend, "blobs", None)):
+        if isinstance(candidate, LocalFiles):
+            return candidate
+    return None

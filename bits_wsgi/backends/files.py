@@ -6,8 +6,9 @@
     Replies/{ID}/responsefile.bin   the server application's reply (upload-reply mode)
 
 The filesystem backend keeps its records beside the data; the Redis backend keeps records and
-locks in Redis and the bytes here, in a directory every host mounts. Ids reaching here are
-normalised GUIDs (``protocol.normalise_session_id``), never client text.
+locks in Redis and the bytes here, in a directory every host mounts (the shared-directory blob
+store; ``bits_wsgi.backends.s3.S3Store`` is the other one). Ids reaching here are normalised
+GUIDs (``protocol.normalise_session_id``), never client text.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .._files import publish
 from ..errors import CorruptRecord
+from ..paths import Destination
 from ..session import SessionRecord
 
 DATA_NAME = "requestfile.bin"
@@ -54,30 +56,15 @@ class DirectoryStore:
         return folder / REPLY_NAME
 
     def decode_record(self, session_id: str, raw: bytes | str) -> SessionRecord:
-        """A stored record, checked, with the offset taken from the data it describes.
+        return decode_record(session_id, raw, self.data_size)
 
-        The offset is the data's length (what the store holds after any crash), for an active,
-        uncommitted session. Anything unreadable is ``CorruptRecord``, never a crash.
-        """
-        try:
-            record = SessionRecord.from_json(json.loads(raw))
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            raise CorruptRecord(f"session {session_id}: {exc}") from exc
-        if record.id != session_id:
-            raise CorruptRecord(f"session {session_id}: record names {record.id}")
-        if not record.state.is_tombstone and not record.committed:
-            size = self.data_size(session_id)
-            if size is not None:
-                record.received = size
-        return record
-
-    def create_files(self, session_id: str) -> None:
+    def create_data(self, session_id: str, destination_key: str) -> None:
         """An empty data file for a new session."""
         folder = self._session_dir(session_id)
         folder.mkdir(exist_ok=True)
         (folder / DATA_NAME).touch()
 
-    def delete_files(self, session_id: str) -> None:
+    def delete_data(self, session_id: str) -> None:
         shutil.rmtree(self._session_dir(session_id), ignore_errors=True)
         shutil.rmtree(self._replies / f"{{{session_id}}}", ignore_errors=True)
 
@@ -118,12 +105,39 @@ class DirectoryStore:
         except FileNotFoundError:
             return None
 
-    def commit(self, session_id: str, destination: Path, *, overwrite: bool) -> None:
+    def destination_exists(self, destination: Destination) -> bool:
+        return destination.resolve().exists()
+
+    def commit(self, session_id: str, destination: Destination, *, overwrite: bool) -> None:
         # The server fsynced the data at completion (§4.5); the link shares that inode, and
         # publish() fsyncs the directory that now names it.
-        publish(self.data_path(session_id), destination, overwrite=overwrite, tag=session_id)
+        data = self.data_path(session_id)
+        if not data.exists():
+            raise FileNotFoundError(str(data))
+        publish(data, destination.prepare(), overwrite=overwrite, tag=session_id)
 
     def discard_data(self, session_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.data_path(session_id).unlink()
         shutil.rmtree(self._replies / f"{{{session_id}}}", ignore_errors=True)
+
+
+def decode_record(
+    session_id: str, raw: bytes | str, data_size: Callable[[str], int | None]
+) -> SessionRecord:
+    """A stored record, checked, with the offset taken from the data it describes.
+
+    The offset is the data's length (what the store holds after any crash), for an active,
+    uncommitted session. Anything unreadable is ``CorruptRecord``, never a crash.
+    """
+    try:
+        record = SessionRecord.from_json(json.loads(raw))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise CorruptRecord(f"session {session_id}: {exc}") from exc
+    if record.id != session_id:
+        raise CorruptRecord(f"session {session_id}: record names {record.id}")
+    if not record.state.is_tombstone and not record.committed:
+        size = data_size(session_id)
+        if size is not None:
+            record.received = size
+    return record

@@ -91,7 +91,7 @@ class FilesystemBackend(DirectoryStore):
             record = self.load(session_id)
         except CorruptRecord:
             record = None
-        self.delete_files(session_id)
+        self.delete_data(session_id)
         if record is not None:
             self._forget_owner(record.owner, session_id)
         with contextlib.suppress(FileNotFoundError):

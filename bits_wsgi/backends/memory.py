@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .._files import publish
 from ..errors import LockTimeout
+from ..paths import Destination
 from ..session import SessionRecord
 
 
@@ -64,10 +65,14 @@ class MemoryBackend:
         data = self._data.get(session_id)
         return None if data is None else len(data)
 
-    def commit(self, session_id: str, destination: Path, *, overwrite: bool) -> None:
+    def destination_exists(self, destination: Destination) -> bool:
+        return destination.resolve().exists()
+
+    def commit(self, session_id: str, target: Destination, *, overwrite: bool) -> None:
         data = self._data.get(session_id)
         if data is None:
             raise FileNotFoundError(session_id)
+        destination = target.prepare()
         if self._published.get(session_id) == destination and destination.exists():
             return  # already committed: commits are idempotent
         fd, staged = tempfile.mkstemp(dir=destination.parent, prefix=f".{session_id}.")

@@ -1,5 +1,6 @@
-"""Shared session state for several hosts: records, locks and indexes in Redis, bytes in a
-directory every host mounts (``data_dir``, the DirectoryStore layout).
+"""Shared session state for several hosts: records, locks and indexes in Redis, bytes in a blob
+store every host reaches: a directory every host mounts (a path, the DirectoryStore layout) or
+S3-compatible object storage (``bits_wsgi.backends.s3.S3Store``).
 
 ::
 
@@ -8,6 +9,8 @@ directory every host mounts (``data_dir``, the DirectoryStore layout).
     backend = RedisBackend("/mnt/shared/bits", url="redis://redis.internal:6379/0")
     app = BITSMiddleware(app, "/mnt/shared/uploads", backend=backend)
 
+    backend = RedisBackend(S3Store("bits-uploads"), url="redis://redis.internal:6379/0")
+
 redis-py is imported only when no client is passed (``pip install 'bits-wsgi[redis]'``); a
 ready client (Sentinel, Cluster, with TLS...) can be injected with ``client=``.
 
@@ -15,10 +18,10 @@ Keys, below ``prefix``: ``session:{ID}`` (the record as JSON, expiring after ``r
 ``lock:{ID}`` (a random token, expiring after ``lock_ttl`` unless its holder renews it),
 ``owner:{sha256}`` (the owner's active session ids), ``sessions`` (every id, for sweeps).
 
-The offset is the length of the data file, as in the filesystem backend, so it can never run
-ahead of the bytes. Locks are held with a TTL renewed by a thread while the holder lives: a
-killed host's lock frees itself within ``lock_ttl`` seconds, and only the token's owner can
-renew or release it.
+The offset is the length of the data the blob store holds, as in the filesystem backend, so it
+can never run ahead of the bytes. Locks are held with a TTL renewed by a thread while the holder
+lives: a killed host's lock frees itself within ``lock_ttl`` seconds, and only the token's owner
+can renew or release it.
 """
 
 from __future__ import annotations
@@ -30,13 +33,14 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..errors import BackendUnavailable, CorruptRecord, LockTimeout
+from ..paths import Destination
 from ..session import SessionRecord
-from .files import DirectoryStore
+from .base import BlobStore
+from .files import DirectoryStore, decode_record
 
 #: Longer than the default session timeout (14 days) plus the tombstone retention (1 day).
 DEFAULT_RECORD_TTL = 30 * 86_400
@@ -57,10 +61,10 @@ return 0
 """
 
 
-class RedisBackend(DirectoryStore):
+class RedisBackend:
     def __init__(
         self,
-        data_dir: str | os.PathLike[str],
+        blobs: str | os.PathLike[str] | BlobStore,
         *,
         url: str | None = None,
         client: Any = None,
@@ -68,7 +72,9 @@ class RedisBackend(DirectoryStore):
         record_ttl: int = DEFAULT_RECORD_TTL,
         lock_ttl: float = DEFAULT_LOCK_TTL,
     ) -> None:
-        super().__init__(Path(data_dir))
+        self.blobs: BlobStore = (
+            DirectoryStore(blobs) if isinstance(blobs, str | os.PathLike) else blobs
+        )
         if client is None:
             import redis
 
@@ -96,7 +102,7 @@ class RedisBackend(DirectoryStore):
     # -- records ------------------------------------------------------------------------------
 
     def create(self, record: SessionRecord) -> None:
-        self.create_files(record.id)
+        self.blobs.create_data(record.id, record.destination)
         with _unavailable():
             pipe = self.client.pipeline()
             pipe.set(self._key("session", record.id), _encode(record), ex=self.record_ttl)
@@ -113,7 +119,7 @@ class RedisBackend(DirectoryStore):
                 raw = self.client.get(self._key("session", session_id))
         if raw is None:
             return None
-        return self.decode_record(session_id, raw)
+        return decode_record(session_id, raw, self.blobs.data_size)
 
     def save(self, record: SessionRecord, *, durable: bool = False) -> None:
         # One Redis command replaces the record atomically (§10.2); how durable it is after a
@@ -137,7 +143,27 @@ class RedisBackend(DirectoryStore):
             if record is not None:
                 pipe.srem(self._owner_key(record.owner), session_id)
             pipe.execute()
-        self.delete_files(session_id)
+        self.blobs.delete_data(session_id)
+
+    # -- bytes: the blob store's ---------------------------------------------------------------
+
+    def write(self, session_id: str, offset: int, chunks: Iterable[bytes]) -> int:
+        return self.blobs.write(session_id, offset, chunks)
+
+    def sync(self, session_id: str) -> None:
+        self.blobs.sync(session_id)
+
+    def data_size(self, session_id: str) -> int | None:
+        return self.blobs.data_size(session_id)
+
+    def destination_exists(self, destination: Destination) -> bool:
+        return self.blobs.destination_exists(destination)
+
+    def commit(self, session_id: str, destination: Destination, *, overwrite: bool) -> None:
+        self.blobs.commit(session_id, destination, overwrite=overwrite)
+
+    def discard_data(self, session_id: str) -> None:
+        self.blobs.discard_data(session_id)
 
     # -- locks --------------------------------------------------------------------------------
 

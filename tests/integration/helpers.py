@@ -36,7 +36,14 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
 class Server:
     """A process group we started; stopped by its PID, never anything else's."""
 
-    def __init__(self, command: Sequence[str], port: int, log: Path, cwd: Path | None = None):
+    def __init__(
+        self,
+        command: Sequence[str],
+        port: int,
+        log: Path,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.port = port
         self.log = log
         with open(log, "ab") as out:
@@ -46,6 +53,7 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 cwd=cwd,
+                env=None if env is None else {**os.environ, **env},
             )
         wait_for_port(port, self.process)
 
@@ -91,13 +99,18 @@ SERVE_SERVER = os.environ.get("BITS_WSGI_TEST_SERVER", "gunicorn")
 
 
 def start_serve(
-    root: Path, log: Path, *args: str, port: int | None = None, server: str | None = None
+    root: Path,
+    log: Path,
+    *args: str,
+    port: int | None = None,
+    server: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Server:
     """`bits-wsgi serve ROOT` on a free loopback port; the caller stops it."""
     port = port or free_port()
     command = [sys.executable, "-m", "bits_wsgi", "serve", str(root), "--port", str(port), *args]
     command += ["--server", server or SERVE_SERVER]
-    return Server(command, port, log)
+    return Server(command, port, log, env=env)
 
 
 @contextlib.contextmanager
