@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--session-limit", type=int, default=50, help="sessions per identity; 0 disables"
     )
+    serve.add_argument(
+        "--max-sessions",
+        type=int,
+        default=10_000,
+        help="sessions open at once across all identities; 0 disables",
+    )
     serve.add_argument("--host-id", default=None)
     serve.add_argument("--host-id-fallback-timeout", type=int, default=86_400, metavar="SECONDS")
     serve.add_argument("--commit-on", choices=["final-fragment", "close"], default="final-fragment")
@@ -202,6 +208,7 @@ def build_app(args: argparse.Namespace) -> WSGIApplication:
         max_fragment_size=args.max_fragment_size,
         session_timeout=args.session_timeout,
         session_limit=args.session_limit or None,
+        max_sessions=args.max_sessions or None,
         host_id=args.host_id,
         host_id_fallback_timeout=args.host_id_fallback_timeout,
         commit_on=args.commit_on,

@@ -46,6 +46,7 @@ class UploadDirectory:
     max_fragment_size: int = DEFAULT_MAX_FRAGMENT_SIZE
     session_timeout: float = DEFAULT_SESSION_TIMEOUT
     session_limit: int | None = 50
+    max_sessions: int | None = 10_000
     host_id: str | None = None
     host_id_fallback_timeout: int = 86_400
     commit_on: CommitOn = "final-fragment"
@@ -74,6 +75,8 @@ class UploadDirectory:
             problems.append("session_timeout must be positive")
         if self.session_limit is not None and self.session_limit < 0:
             problems.append("session_limit must not be negative")
+        if self.max_sessions is not None and self.max_sessions < 0:
+            problems.append("max_sessions must not be negative")
         if self.host_id is not None and not 0 < len(self.host_id) <= 300:
             problems.append("host_id must be 1 to 300 characters")
         if self.host_id is not None and any(c.isspace() for c in self.host_id):

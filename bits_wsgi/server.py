@@ -57,6 +57,7 @@ from .protocol import (
     normalise_session_id,
 )
 from .session import FragmentAction, SessionRecord, SessionState, is_expired, plan_fragment
+from .sweeper import Sweeper
 
 log = logging.getLogger("bits_wsgi")
 
@@ -118,14 +119,20 @@ class UploadServer:
         self._hashes: OrderedDict[str, tuple[int, hashlib._Hash]] = OrderedDict()
         self._hashes_guard = threading.Lock()
         self._clock = clock
-        self._sweep_interval = sweep_interval
-        self._next_sweep = time.monotonic() + min(FIRST_SWEEP_DELAY, sweep_interval or 0.0)
         self._sweep_guard = threading.Lock()
+        self._sweeper: Sweeper | None = None
+        if sweep_interval is not None:
+            self._sweeper = Sweeper(
+                self._timed_sweep, sweep_interval, min(FIRST_SWEEP_DELAY, sweep_interval)
+            )
+            self._sweeper.ensure_running()
 
     # -- entry point ---------------------------------------------------------------------------
 
     def handle(self, packet: Packet, request: RequestInfo, body: BodyReader) -> Ack:
         """Answer one packet. Never raises: every failure becomes an error Ack."""
+        if self._sweeper is not None:
+            self._sweeper.ensure_running()  # in a worker forked after start-up
         try:
             if isinstance(packet, Ping):
                 return Ack()
@@ -144,6 +151,13 @@ class UploadServer:
         except BackendUnavailable as exc:
             log.warning("backend unavailable: %s", exc)
             return Ack.from_error(ServiceUnavailable("backend unavailable"))
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL_ERRNOS:
+                log.exception("internal error on %s", type(packet).__name__)
+                return Ack.from_error(InternalError())
+            # A record or a new session's folder that found the disk full: as for the bytes.
+            log.error("disk full on %s: %s", type(packet).__name__, exc)
+            return Ack.from_error(DiskFull("no space left"))
         except Exception:
             log.exception("internal error on %s", type(packet).__name__)
             return Ack.from_error(InternalError())
@@ -158,6 +172,8 @@ class UploadServer:
         limit = settings.session_limit
         if limit and self._count_live_sessions(request.identity) >= limit:
             raise ServiceUnavailable(f"session limit reached for {request.identity!r}")
+        if settings.max_sessions and self._at_session_cap(settings.max_sessions):
+            raise ServiceUnavailable(f"{settings.max_sessions} sessions open: the server is full")
         now = self._clock()
         record = SessionRecord(
             id=str(uuid.uuid4()).upper(),
@@ -170,7 +186,6 @@ class UploadServer:
         )
         self.backend.create(record)
         self._emit("session_created", record)
-        self._maybe_sweep()
         return Ack(
             protocol=PROTOCOL_GUID,
             session_id=format_session_id(record.id),
@@ -198,6 +213,18 @@ class UploadServer:
                 pass  # busy means in use: it counts
             live += 1
         return live
+
+    def _at_session_cap(self, cap: int) -> bool:
+        """Whether ``cap`` sessions are open; at the cap, expired ones are swept out first
+        (by one thread at a time: the others count what is there)."""
+        if self.backend.active_count() < cap:
+            return False
+        if self._sweep_guard.acquire(blocking=False):
+            try:
+                self.sweep()
+            finally:
+                self._sweep_guard.release()
+        return self.backend.active_count() >= cap
 
     # -- Fragment, Close-Session, Cancel-Session (§3.3–§3.5, §6) -------------------------------
 
@@ -578,20 +605,16 @@ class UploadServer:
                 continue
         return removed
 
-    def _maybe_sweep(self) -> None:
-        if self._sweep_interval is None or time.monotonic() < self._next_sweep:
-            return
+    def _timed_sweep(self) -> int:
+        """The sweeper's sweep: skipped while another thread of this process sweeps."""
         if not self._sweep_guard.acquire(blocking=False):
-            return
-        self._next_sweep = time.monotonic() + self._sweep_interval
+            return 0
+        try:
+            return self.sweep()
+        finally:
+            self._sweep_guard.release()
 
-        def run() -> None:
-            try:
-                count = self.sweep()
-                log.info("sweep removed %d expired sessions", count)
-            except Exception:
-                log.exception("sweep failed")
-            finally:
-                self._sweep_guard.release()
-
-        threading.Thread(target=run, name="bits-wsgi-sweep", daemon=True).start()
+    def close(self) -> None:
+        """Stop the timed sweeps (tests, and applications that rebuild their middleware)."""
+        if self._sweeper is not None:
+            self._sweeper.stop()

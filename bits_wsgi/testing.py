@@ -248,6 +248,16 @@ class BackendContract:
         assert backend.active_sessions("bob") == [SESSION_B]
         assert backend.active_sessions("carol") == []
 
+    def test_active_count_covers_every_owner(self, backend: Backend) -> None:
+        assert backend.active_count() == 0
+        backend.create(new_record(SESSION_A, "alice"))
+        backend.create(new_record(SESSION_B, "bob"))
+        assert backend.active_count() == 2
+        backend.save(new_record(SESSION_A).tombstone(SessionState.CANCELLED, 2_000.0))
+        assert backend.active_count() == 1
+        backend.delete(SESSION_B)
+        assert backend.active_count() == 0
+
     def test_tombstones_are_not_active_but_are_listed(self, backend: Backend) -> None:
         backend.create(new_record())
         backend.save(new_record().tombstone(SessionState.CLOSED, 2_000.0), durable=True)

@@ -16,6 +16,7 @@ ALLOWED = {
     "body": {"errors"},
     "config": {"protocol", "notify"},
     "events": set(),
+    "sweeper": set(),
     "notify": {"errors"},
     "_files": {"errors"},
     "backends.base": {"paths", "session"},

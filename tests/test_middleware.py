@@ -668,6 +668,27 @@ def test_session_limit_zero_disables_it(make_client: Make) -> None:
     assert all(client.create().status_int == 200 for _ in range(60))
 
 
+def test_global_session_cap_counts_every_identity(make_client: Make, upload_dir: Path) -> None:
+    alice = make_client(user="alice", max_sessions=3, session_timeout=60)
+    bob = BitsClient(alice.test.app, user="bob")
+    carol = BitsClient(alice.test.app, user="carol")
+    assert [c.create().status_int for c in (alice, bob, carol)] == [200, 200, 200]
+    refused = BitsClient(alice.test.app, user="dave").create()
+    assert error_of(refused) == (503, "0x801901F7", "0x5")
+    assert refused.headers["Retry-After"] == "60"
+    assert len(records(upload_dir)) == 3  # the refused Create left nothing behind
+    assert carol.cancel().status_int == 200  # a tombstone frees its place
+    assert BitsClient(alice.test.app, user="dave").create().status_int == 200
+    assert bob.create().status_int == 503
+    _age_sessions(upload_dir, 61)  # at the cap, expired sessions are swept out first
+    assert bob.create().status_int == 200
+
+
+def test_global_session_cap_none_disables_it(make_client: Make) -> None:
+    client = make_client(max_sessions=None, session_limit=None)
+    assert all(client.create().status_int == 200 for _ in range(30))
+
+
 def test_busy_session_is_503_not_session_not_found(make_client: Make, upload_dir: Path) -> None:
     client = make_client(lock_timeout=0.05)
     client.create()

@@ -76,17 +76,44 @@ def test_sweep_skips_unreadable_records(tmp_path: Path) -> None:
     assert (tmp_path / "BITS-Sessions" / "Requests" / f"{{{key}}}").exists()
 
 
-def test_the_server_sweeps_by_itself(tmp_path: Path) -> None:
+def test_the_server_sweeps_by_itself_without_traffic(tmp_path: Path) -> None:
+    """No request after the session went stale: the timer alone removes it (no cron)."""
     clock = Clock()
     directory = UploadDirectory(upload_dir=tmp_path, session_timeout=60)
-    server = UploadServer(directory, clock=clock, sweep_interval=0.0)
-    stale = create(server)
-    clock.now += 3600
-    create(server, RequestInfo(identity="bob", destination="g.bin", url="u"))  # starts a sweep
+    server = UploadServer(directory, clock=clock, sweep_interval=0.05)
+    try:
+        stale = create(server)
+        live = create(server, RequestInfo(identity="bob", destination="g.bin", url="u"))
+        clock.now += 3600
+        backend = FilesystemBackend(tmp_path)
+        record = backend.load(live)
+        assert record is not None
+        record.last_activity = clock.now
+        backend.save(record)
+        deadline = time.monotonic() + 10
+        while backend.load(stale) is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert backend.load(stale) is None
+        time.sleep(0.2)  # several more sweeps
+        assert backend.load(live) is not None
+    finally:
+        server.close()
+
+
+def test_a_discarded_server_stops_sweeping(tmp_path: Path) -> None:
+    """The sweeper holds its server weakly: rebuilding a middleware leaks no thread."""
+    import gc
+    import threading
+
+    def sweepers() -> int:
+        return sum(t.name == "bits-wsgi-sweep" for t in threading.enumerate())
+
+    before = sweepers()
+    server = UploadServer(UploadDirectory(upload_dir=tmp_path), sweep_interval=0.05)
+    assert sweepers() == before + 1
+    del server
+    gc.collect()
     deadline = time.monotonic() + 10
-    backend = FilesystemBackend(tmp_path)
-    while backend.load(stale) is not None and time.monotonic() < deadline:
+    while sweepers() > before and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert backend.load(stale) is None
-    assert server._sweep_guard.acquire(timeout=10)  # the sweep thread has finished its log line
-    server._sweep_guard.release()
+    assert sweepers() == before

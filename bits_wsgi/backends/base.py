@@ -75,6 +75,9 @@ class Backend(Protocol):
     def active_sessions(self, owner: str) -> list[str]:
         """Ids of the owner's sessions that are not tombstones (possibly expired)."""
 
+    def active_count(self) -> int:
+        """How many sessions, of every owner, are not tombstones (possibly expired)."""
+
     def session_ids(self) -> Iterator[str]:
         """Every stored id, tombstones included, for sweeps."""
 

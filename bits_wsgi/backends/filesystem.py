@@ -127,6 +127,14 @@ class FilesystemBackend(DirectoryStore):
         except FileNotFoundError:
             return []
 
+    def active_count(self) -> int:
+        count = 0
+        with os.scandir(self._owners) as owners:
+            for owner in owners:
+                with contextlib.suppress(FileNotFoundError), os.scandir(owner.path) as ids:
+                    count += sum(1 for _ in ids)
+        return count
+
     def session_ids(self) -> Iterator[str]:
         now = time.time()
         with os.scandir(self._requests) as entries:

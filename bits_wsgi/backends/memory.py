@@ -116,5 +116,8 @@ class MemoryBackend:
             if r.owner == owner and not r.state.is_tombstone
         )
 
+    def active_count(self) -> int:
+        return sum(1 for r in list(self._records.values()) if not r.state.is_tombstone)
+
     def session_ids(self) -> Iterator[str]:
         yield from list(self._records)

@@ -16,7 +16,8 @@ ready client (Sentinel, Cluster, with TLS...) can be injected with ``client=``.
 
 Keys, below ``prefix``: ``session:{ID}`` (the record as JSON, expiring after ``record_ttl``),
 ``lock:{ID}`` (a random token, expiring after ``lock_ttl`` unless its holder renews it),
-``owner:{sha256}`` (the owner's active session ids), ``sessions`` (every id, for sweeps).
+``owner:{sha256}`` (the owner's active session ids), ``active`` (every active id, for the global
+session cap), ``sessions`` (every id, for sweeps).
 
 The offset is the length of the data the blob store holds, as in the filesystem backend, so it
 can never run ahead of the bytes. Locks are held with a TTL renewed by a thread while the holder
@@ -107,6 +108,7 @@ class RedisBackend:
             pipe = self.client.pipeline()
             pipe.set(self._key("session", record.id), _encode(record), ex=self.record_ttl)
             pipe.sadd(self._owner_key(record.owner), record.id)
+            pipe.sadd(self._key("active"), record.id)
             pipe.sadd(self._key("sessions"), record.id)
             pipe.execute()
 
@@ -129,6 +131,7 @@ class RedisBackend:
             pipe.set(self._key("session", record.id), _encode(record), ex=self.record_ttl)
             if record.state.is_tombstone:
                 pipe.srem(self._owner_key(record.owner), record.id)
+                pipe.srem(self._key("active"), record.id)
             pipe.execute()
 
     def delete(self, session_id: str) -> None:
@@ -140,6 +143,7 @@ class RedisBackend:
             pipe = self.client.pipeline()
             pipe.delete(self._key("session", session_id))
             pipe.srem(self._key("sessions"), session_id)
+            pipe.srem(self._key("active"), session_id)
             if record is not None:
                 pipe.srem(self._owner_key(record.owner), session_id)
             pipe.execute()
@@ -227,6 +231,10 @@ class RedisBackend:
         with _unavailable():
             members = self.client.smembers(self._owner_key(owner))
         return sorted(_text(member) for member in members)
+
+    def active_count(self) -> int:
+        with _unavailable():
+            return int(self.client.scard(self._key("active")))
 
     def session_ids(self) -> Iterator[str]:
         with _unavailable():
