@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import hashlib
 import importlib
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -66,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=10_000,
         help="sessions open at once across all identities; 0 disables",
+    )
+    serve.add_argument(
+        "--metrics-path",
+        default=None,
+        metavar="PATH",
+        help="serve Prometheus metrics at this path, e.g. /metrics (needs bits-wsgi[metrics])",
     )
     serve.add_argument("--host-id", default=None)
     serve.add_argument("--host-id-fallback-timeout", type=int, default=86_400, metavar="SECONDS")
@@ -217,8 +226,20 @@ def build_app(args: argparse.Namespace) -> WSGIApplication:
         notification_timeout=args.notification_timeout,
     )
     inner = import_app(args.app) if args.app else not_found
+    metrics = None
+    if args.metrics_path:
+        try:
+            from .metrics import PrometheusMetrics
+
+            metrics = PrometheusMetrics()
+        except ImportError as exc:
+            raise ValueError("--metrics-path needs pip install 'bits-wsgi[metrics]'") from exc
     app: WSGIApplication = BITSMiddleware(
-        inner, directories=[directory], backend=build_backend(args)
+        inner,
+        directories=[directory],
+        backend=build_backend(args),
+        metrics=metrics,
+        metrics_path=args.metrics_path,
     )
     if args.user:
         app = BasicAuth(app, _parse_users(args.user))
@@ -251,6 +272,8 @@ def _parse_users(values: Sequence[str]) -> dict[str, str]:
 
 
 def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if args.metrics_path and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _share_metrics_between_workers()
     app = build_app(args)  # configuration errors surface here, before any server starts
     if args.server == "granian":
         try:
@@ -272,6 +295,20 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     serve(app, bind=f"{host}:{args.port}", workers=args.workers, threads=args.threads)
     return 0
+
+
+def _share_metrics_between_workers() -> None:
+    """Every worker counts into files of one directory, and the metrics path sums them; set
+    before prometheus_client is first imported, which reads it then."""
+    folder = tempfile.mkdtemp(prefix="bits-wsgi-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    server_pid = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == server_pid:  # not when a worker exits
+            shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(remove)
 
 
 def _upload(args: argparse.Namespace) -> int:

@@ -50,6 +50,7 @@ from .config import UploadDirectory
 from .errors import BITSError, InternalError, NotUploadDirectory
 from .events import Events
 from .notify import WsgiTarget
+from .observe import PacketRecord
 from .protocol import (
     BITS_METHOD,
     DEFAULT_ERROR_HEADERS,
@@ -64,6 +65,8 @@ from .server import ReplyUnavailable, RequestInfo, UploadServer
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from .metrics import PrometheusMetrics
 
 log = logging.getLogger("bits_wsgi")
 
@@ -81,6 +84,9 @@ class BITSMiddleware:
     :param directories: several upload directories instead (or as well).
     :param backend: the session backend of a single upload directory; by default the
         filesystem backend under ``upload_dir/BITS-Sessions``.
+    :param metrics: counts packets and sessions (:class:`~bits_wsgi.metrics.PrometheusMetrics`).
+    :param metrics_path: with ``metrics``, the path where GET reads them (e.g. ``/metrics``);
+        without it, expose ``metrics.registry`` yourself.
     """
 
     def __init__(
@@ -90,6 +96,8 @@ class BITSMiddleware:
         *,
         directories: Sequence[UploadDirectory] = (),
         backend: Backend | None = None,
+        metrics: PrometheusMetrics | None = None,
+        metrics_path: str | None = None,
         **options: Any,
     ) -> None:
         self.app = app
@@ -113,6 +121,12 @@ class BITSMiddleware:
             key=lambda server: len(server.directory.prefix),
             reverse=True,
         )
+        if metrics_path is not None and (metrics is None or not metrics_path.startswith("/")):
+            raise ValueError("metrics_path needs metrics and must start with /")
+        self.metrics = metrics
+        self.metrics_path = metrics_path
+        if metrics is not None:
+            metrics.attach(self.events)
         self._overridable = any(s.directory.allow_method_override for s in self.servers)
         self._replies = any(s.directory.reply_mode for s in self.servers)
 
@@ -124,6 +138,9 @@ class BITSMiddleware:
             server = self.route(environ)
             if server is not None and server.directory.allow_method_override:
                 return self.handle_bits(environ, start_response, server)
+        if self.metrics_path is not None and environ.get("PATH_INFO") == self.metrics_path:
+            assert self.metrics is not None  # checked in __init__
+            return self.metrics.wsgi_app(environ, start_response)
         if self._replies:
             reply = self._reply_request(environ)
             if reply is not None:
@@ -199,7 +216,7 @@ class BITSMiddleware:
         headers = EnvironHeaders(environ)
         envelope: Envelope | None = None
         body: BodyReader | None = None
-        destination = ""
+        destination = identity = ""
         try:
             if server is None:  # §2.3 step 2
                 raise NotUploadDirectory("BITS request outside every upload directory")
@@ -211,6 +228,7 @@ class BITSMiddleware:
                 destination = self._destination(environ, server)  # step 9
                 packet = parse_packet(envelope, headers)  # step 10
                 request = self._request_info(environ, server, destination, envelope.packet_type)
+                identity = request.identity
                 ack = server.handle(packet, request, body)  # steps 11-12
         except BITSError as error:
             ack = Ack.from_error(error)
@@ -223,7 +241,13 @@ class BITSMiddleware:
         ack = _echo_session_id(ack, envelope, headers)
         error_headers = server.directory.error_headers if server else DEFAULT_ERROR_HEADERS
         start_response(ack.status_line, ack.headers(error_headers))
-        _log_packet(environ, envelope, headers, ack, destination, started)
+        if self.metrics is not None or log.isEnabledFor(logging.INFO):
+            if not identity:
+                identity = str(environ.get("REMOTE_USER") or "")
+            record = _packet_record(environ, envelope, headers, ack, destination, identity, started)
+            record.log()
+            if self.metrics is not None:
+                self.metrics.observe_packet(record)
         return []
 
     def _destination(self, environ: WSGIEnvironment, server: UploadServer) -> str:
@@ -292,29 +316,25 @@ def _echo_session_id(ack: Ack, envelope: Envelope | None, headers: EnvironHeader
     return replace(ack, session_id=raw)
 
 
-def _log_packet(
+def _packet_record(
     environ: WSGIEnvironment,
     envelope: Envelope | None,
     headers: EnvironHeaders,
     ack: Ack,
     destination: str,
+    identity: str,
     started: float,
-) -> None:
-    if not log.isEnabledFor(logging.INFO):
-        return
-    code = ""
-    if ack.status != 200:
-        code = f" code=0x{ack.error_code or 0:08X}"
-    log.info(
-        "%s session=%s packet=%s range=%s dest=%s user=%s status=%d%s received=%s %.1fms",
-        environ.get("REMOTE_ADDR", "-"),
-        (ack.session_id or headers.get("BITS-Session-Id", "-"))[:80],
-        envelope.packet_type.value if envelope else headers.get("BITS-Packet-Type", "-")[:40],
-        headers.get("Content-Range", "-")[:80],
-        destination or "-",
-        environ.get("REMOTE_USER") or "-",
-        ack.status,
-        code,
-        "-" if ack.received is None else ack.received,
-        (time.perf_counter() - started) * 1000,
+) -> PacketRecord:
+    return PacketRecord(
+        remote=str(environ.get("REMOTE_ADDR") or ""),
+        session=ack.session_id or headers.get("BITS-Session-Id", ""),
+        identity=identity,
+        packet=envelope.packet_type.value if envelope else headers.get("BITS-Packet-Type", ""),
+        range=headers.get("Content-Range", ""),
+        destination=destination,
+        status=ack.status,
+        code=ack.wire_error_code(),
+        received=ack.received,
+        body_bytes=envelope.content_length if envelope else 0,
+        duration=time.perf_counter() - started,
     )

@@ -277,6 +277,13 @@ class Ack:
             retry_after=error.retry_after,
         )
 
+    def wire_error_code(self) -> str:
+        """The BITS-Error-Code this Ack sends (``0x%08X``), "" for a 200 (D1)."""
+        if self.status == 200:
+            return ""
+        code = self.error_code if self.error_code is not None else http_error_hresult(self.status)
+        return f"0x{code:08X}"
+
     @property
     def status_line(self) -> str:
         return f"{self.status} {HTTP_STATUS_CODES.get(self.status, 'Unknown')}"
@@ -299,12 +306,10 @@ class Ack:
         if self.reply_url is not None:
             out.append(("BITS-Reply-URL", self.reply_url))
         # D1: error headers on every non-200 Ack and never on a 200.
-        if self.status != 200:
-            code = (
-                self.error_code if self.error_code is not None else http_error_hresult(self.status)
-            )
+        code = self.wire_error_code()
+        if code:
             for name in error_header_names:
-                out.append((name, f"0x{code:08X}"))
+                out.append((name, code))
             out.append(("BITS-Error-Context", f"0x{self.error_context or 0x5:X}"))
         if self.retry_after is not None:
             out.append(("Retry-After", str(self.retry_after)))

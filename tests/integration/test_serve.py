@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import signal
 import subprocess
@@ -251,3 +252,37 @@ def test_subprocess_entry_point_prints_help() -> None:
     script = Path(sys.executable).parent / "bits-wsgi"
     result = subprocess.run([script, "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and "serve" in result.stdout
+
+
+@BOTH_SERVERS
+def test_metrics_sum_every_worker(tmp_path: Path, server_kind: str) -> None:
+    """`serve --metrics-path` with several workers: the path reports the sum of all of them,
+    whichever worker answers the scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    root, log = tmp_path / "root", tmp_path / "server.log"
+    arguments = ["--metrics-path", "/-/metrics", "--workers", "2"]
+    with bits_serve(root, log, *arguments, server=server_kind) as server:
+        for number in range(6):  # new connections, spread over the workers
+            client = RawBits(server.port, f"/f{number}.bin")
+            assert client.create().status == 200
+            assert client.fragment(b"0123456789", 0, 10).status == 200
+            assert client.close().status == 200
+            client.connection.close()
+        scrapes = []
+        for _ in range(4):
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            connection.request("GET", "/-/metrics")
+            response = connection.getresponse()
+            assert response.status == 200
+            scrapes.append(response.read().decode())
+            connection.close()
+    for text in scrapes:
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+        assert samples[("bits_sessions_total", (("event", "created"),))] == 6
+        assert samples[("bits_sessions_total", (("event", "closed"),))] == 6
+        assert samples[("bits_fragment_body_bytes_total", ())] == 60
