@@ -1,7 +1,8 @@
 """A hypothesis state machine: Create, Fragment, Close, Cancel and restarts against a model.
 
 Several sessions at once, each to its own destination, with repeats, overlaps, gaps, bodies cut
-short, packets after Close or Cancel, and restarts of the middleware on the same root.
+short, packets after Close or Cancel, restarts of the middleware on the same root, and the same
+fragment sent twice at once (two threads: a client's retry racing its original).
 Invariants: the server's offset is the model's, never more than the bytes stored; a committed
 file is byte-exact; nothing incomplete is ever committed; tombstones answer as D4 says.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +103,49 @@ class UploadMachine(RuleBasedStateMachine):
         upload.received = received
         if received == total:
             upload.committed = True
+
+    def _send(self, upload: Upload, first: int, length: int) -> tuple[int, int]:
+        total = len(upload.data)
+        spec = f"bytes {first}-{first + length - 1}/{total}" if total else "bytes */0"
+        environ = raw_environ(
+            PATH_INFO=f"/{upload.name}",
+            HTTP_BITS_PACKET_TYPE="Fragment",
+            HTTP_BITS_SESSION_ID=upload.session_id,
+            HTTP_CONTENT_RANGE=spec,
+            CONTENT_LENGTH=str(length),
+        )
+        environ["wsgi.input"] = io.BytesIO(upload.data[first : first + length])
+        status, headers = call(self.app, environ)
+        return int(status.split()[0]), int(headers.get("BITS-Received-Content-Range", -1))
+
+    @rule(upload=uploads, start=st.integers(0, 3100), length=st.integers(1, 1200))
+    def concurrent_duplicates(self, upload: Upload, start: int, length: int) -> None:
+        """The same fragment twice at once: the session's lock orders them, so one applies it
+        and the other sees its effect (a duplicate, or the stored final Ack)."""
+        if upload.state != "active":
+            return
+        total = len(upload.data)
+        first = start % total if total else 0
+        length = min(length, total - first) if total else 0
+        results: list[tuple[int, int]] = []
+        barrier = threading.Barrier(2)
+
+        def send() -> None:
+            barrier.wait()
+            results.append(self._send(upload, first, length))
+
+        threads = [threading.Thread(target=send) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        once = expected(upload.received, total, first, length, False)
+        twice = expected(once[1], total, first, length, False)
+        assert sorted(results) == sorted([once, twice]), (upload, first, length, results)
+        upload.received = twice[1]
+        if upload.received == total:
+            upload.committed = True
+        event("concurrent duplicates")
 
     @rule(upload=uploads, size=st.integers(1, 1200))
     def send_the_rest(self, upload: Upload, size: int) -> None:
