@@ -286,3 +286,53 @@ def test_metrics_sum_every_worker(tmp_path: Path, server_kind: str) -> None:
         assert samples[("bits_sessions_total", (("event", "created"),))] == 6
         assert samples[("bits_sessions_total", (("event", "closed"),))] == 6
         assert samples[("bits_fragment_body_bytes_total", ())] == 60
+
+
+@pytest.mark.parametrize("point", ["before-commit", "after-commit"])
+def test_a_worker_sigkilled_mid_commit_loses_nothing_and_commits_once(
+    tmp_path: Path, point: str
+) -> None:
+    """The worker dies on the final fragment, before or after publishing the file; the
+    client's retry (Windows resends the final fragment) completes the commit exactly once."""
+    root, log, marker = tmp_path / "root", tmp_path / "server.log", tmp_path / "crashed"
+    data = os.urandom(3 * MiB + 777)
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "tests.integration.crashing_serve",
+        point,
+        str(marker),
+        "serve",
+        str(root),
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    server = Server(command, port, log, cwd=Path(__file__).resolve().parents[2])
+    try:
+        client = RawBits(port, "/dumps/crash.dmp")
+        assert client.create().status == 200
+        last = client.upload_from(data, 0, MiB, until=3 * MiB)
+        with pytest.raises((ConnectionError, http.client.HTTPException)):
+            client.fragment(data[last:], last, len(data))  # the worker dies on it
+        assert marker.exists()
+        assert not (root / "dumps" / "crash.dmp").exists() or point == "after-commit"
+        deadline = time.monotonic() + 30
+        while True:  # the client retries until a new worker answers
+            client.reconnect()
+            try:
+                response = client.fragment(data[last:], last, len(data))
+                break
+            except (ConnectionError, http.client.HTTPException):
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert response.status == 200, response.headers
+        assert response.headers["BITS-Received-Content-Range"] == str(len(data))
+        assert client.close().status == 200
+    finally:
+        server.stop()
+    assert file_sha256(root / "dumps" / "crash.dmp") == sha256(data)
+    assert sorted(p.name for p in (root / "dumps").iterdir()) == ["crash.dmp"]  # no staging left
+    assert log.read_text().count("complete, committed") == 1
