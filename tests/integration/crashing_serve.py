@@ -1,9 +1,11 @@
-"""`bits-wsgi serve`, whose worker SIGKILLs itself once at a chosen point of the commit.
+"""`bits-wsgi serve`, whose worker SIGKILLs itself once at a chosen point.
 
-    python -m tests.integration.crashing_serve before-commit|after-commit MARKER serve-args...
+    python -m tests.integration.crashing_serve POINT MARKER serve-args...
 
-The first worker to reach the point creates MARKER and dies at once, as a crash would; gunicorn
-starts a new worker, and later commits run normally.
+POINT: ``before-commit`` / ``after-commit`` (the filesystem backend's commit), or
+``s3-after-part`` (an S3 part uploaded, the new tail not yet stored). The first worker to reach
+the point creates MARKER and dies at once, as a crash would (MARKER may be shared by several
+servers: one crash in all); gunicorn starts a new worker, and later requests run normally.
 """
 
 from __future__ import annotations
@@ -37,6 +39,19 @@ def patch(point: str, marker: Path) -> None:
             crash_once(marker)
 
     FilesystemBackend.commit = crashing_commit  # type: ignore[method-assign]
+    if point == "s3-after-part":
+        from bits_wsgi.backends.s3 import S3Store
+
+        store_tail = S3Store._store_tail
+
+        def crashing_store_tail(
+            self: S3Store, session_id: str, state: Any, start: int, data: bytes
+        ) -> None:
+            if start != state.uploaded:  # this write uploaded a part
+                crash_once(marker)
+            store_tail(self, session_id, state, start, data)
+
+        S3Store._store_tail = crashing_store_tail  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

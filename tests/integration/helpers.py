@@ -94,6 +94,8 @@ class Server:
         return children
 
 
+PROJECT = Path(__file__).resolve().parents[2]
+
 #: The server `bits-wsgi serve` runs on in these tests: its default, gunicorn, unless asked.
 SERVE_SERVER = os.environ.get("BITS_WSGI_TEST_SERVER", "gunicorn")
 
@@ -105,12 +107,18 @@ def start_serve(
     port: int | None = None,
     server: str | None = None,
     env: dict[str, str] | None = None,
+    crash: Sequence[str] = (),
 ) -> Server:
-    """`bits-wsgi serve ROOT` on a free loopback port; the caller stops it."""
+    """`bits-wsgi serve ROOT` on a free loopback port; the caller stops it.
+
+    ``crash``: POINT and MARKER of tests/integration/crashing_serve.py, whose worker then
+    SIGKILLs itself once at that point.
+    """
     port = port or free_port()
-    command = [sys.executable, "-m", "bits_wsgi", "serve", str(root), "--port", str(port), *args]
+    entry = ["tests.integration.crashing_serve", *crash] if crash else ["bits_wsgi"]
+    command = [sys.executable, "-m", *entry, "serve", str(root), "--port", str(port), *args]
     command += ["--server", server or SERVE_SERVER]
-    return Server(command, port, log, env=env)
+    return Server(command, port, log, cwd=PROJECT if crash else None, env=env)
 
 
 @contextlib.contextmanager

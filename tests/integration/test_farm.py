@@ -9,6 +9,7 @@ no Ack may claim more bytes than the blob store holds, and the commit must happe
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import threading
 import time
@@ -31,6 +32,7 @@ class SharedDirectory:
         self.uploads, self.shared = tmp_path / "uploads", tmp_path / "shared"
         self.arguments = ["--data-dir", str(self.shared)]
         self.environment: dict[str, str] = {}
+        self.crash: list[str] = []
 
     def held(self, session: str) -> int:
         return (self.shared / "Requests" / session / "requestfile.bin").stat().st_size
@@ -49,6 +51,9 @@ class S3Bucket:
         self.bucket = new_bucket(endpoint)
         self.arguments = ["--data-dir", f"s3://{self.bucket}/fleet"]
         self.environment = s3_environment(endpoint)
+        # One worker of the farm dies between uploading an S3 part and storing the new tail
+        self.crash_marker = tmp_path / "crashed-after-part"
+        self.crash = ["s3-after-part", str(self.crash_marker)]
 
     def held(self, session: str) -> int:
         (upload,) = self.client.list_multipart_uploads(Bucket=self.bucket)["Uploads"]
@@ -77,7 +82,9 @@ def test_three_hosts_one_upload(tmp_path: Path, redis_url: str, store: Any) -> N
     uploads = store.uploads
     backend = ["--backend", redis_url, *store.arguments]
     hosts: list[Server] = [
-        start_serve(uploads, tmp_path / f"host{n}.log", *backend, env=store.environment)
+        start_serve(
+            uploads, tmp_path / f"host{n}.log", *backend, env=store.environment, crash=store.crash
+        )
         for n in range(3)
     ]
     try:
@@ -91,7 +98,13 @@ def test_three_hosts_one_upload(tmp_path: Path, redis_url: str, store: Any) -> N
         held: Callable[[str], int] = store.held
 
         def send(client: RawBits, first: int) -> int:
-            response = client.fragment(data[first : first + MiB], first, total)
+            try:
+                response = client.fragment(data[first : first + MiB], first, total)
+            except (ConnectionError, http.client.HTTPException):
+                # the worker died on it (the S3 crash point): retried on the next host
+                assert store.crash and Path(store.crash[1]).exists()
+                client.reconnect()
+                return first
             assert response.status in (200, 416), response.headers
             received = int(response.headers["BITS-Received-Content-Range"])
             # the offset never runs ahead of the bytes
@@ -142,3 +155,5 @@ def test_three_hosts_one_upload(tmp_path: Path, redis_url: str, store: Any) -> N
         (tmp_path / f"host{n}.log").read_text().count("complete, committed") for n in range(3)
     )
     assert commits == 1
+    if store.crash:
+        assert Path(store.crash[1]).exists()  # the crash point was reached
