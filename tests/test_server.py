@@ -77,25 +77,25 @@ def test_sweep_skips_unreadable_records(tmp_path: Path) -> None:
 
 
 def test_the_server_sweeps_by_itself_without_traffic(tmp_path: Path) -> None:
-    """No request after the session went stale: the timer alone removes it (no cron)."""
-    clock = Clock()
+    """Sessions left from before the start, and not one request: the timer alone removes the
+    stale one (no cron, no Create-Session to trigger it) and keeps the live one."""
+    from bits_wsgi.testing import SESSION_A, SESSION_B, new_record
+
+    backend = FilesystemBackend(tmp_path)
+    stale, live = new_record(SESSION_A), new_record(SESSION_B)
+    stale.last_activity = time.time() - 3600
+    live.last_activity = time.time()
+    backend.create(stale)
+    backend.create(live)
     directory = UploadDirectory(upload_dir=tmp_path, session_timeout=60)
-    server = UploadServer(directory, clock=clock, sweep_interval=0.05)
+    server = UploadServer(directory, sweep_interval=0.05)
     try:
-        stale = create(server)
-        live = create(server, RequestInfo(identity="bob", destination="g.bin", url="u"))
-        clock.now += 3600
-        backend = FilesystemBackend(tmp_path)
-        record = backend.load(live)
-        assert record is not None
-        record.last_activity = clock.now
-        backend.save(record)
         deadline = time.monotonic() + 10
-        while backend.load(stale) is not None and time.monotonic() < deadline:
+        while backend.load(SESSION_A) is not None and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert backend.load(stale) is None
+        assert backend.load(SESSION_A) is None
         time.sleep(0.2)  # several more sweeps
-        assert backend.load(live) is not None
+        assert backend.load(SESSION_B) is not None
     finally:
         server.close()
 
@@ -105,15 +105,10 @@ def test_a_discarded_server_stops_sweeping(tmp_path: Path) -> None:
     import gc
     import threading
 
-    def sweepers() -> int:
-        return sum(t.name == "bits-wsgi-sweep" for t in threading.enumerate())
-
-    before = sweepers()
+    before = set(threading.enumerate())
     server = UploadServer(UploadDirectory(upload_dir=tmp_path), sweep_interval=0.05)
-    assert sweepers() == before + 1
+    (sweeper,) = [t for t in set(threading.enumerate()) - before if t.name == "bits-wsgi-sweep"]
     del server
     gc.collect()
-    deadline = time.monotonic() + 10
-    while sweepers() > before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert sweepers() == before
+    sweeper.join(10)
+    assert not sweeper.is_alive()
