@@ -40,6 +40,7 @@ import errno
 import json
 import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -53,6 +54,8 @@ MAX_PARTS = 10_000
 #: 8 MiB parts allow uploads of up to 78 GiB; raise ``part_size`` for more.
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 SESSION_METADATA = "bits-session"
+#: Sessions whose multipart upload id this process remembers.
+UPLOAD_CACHE_SIZE = 4096
 _TAIL = "tail-"
 
 
@@ -102,8 +105,9 @@ class S3Store:
         self.prefix = prefix
         self.part_size = part_size
         self.spool_dir = spool_dir
-        # Upload ids never change and session ids are never reused: safe to keep.
-        self._uploads: dict[str, _Upload] = {}
+        # Upload ids never change and session ids are never reused: safe to keep, a bounded
+        # number of them (a process lives through millions of sessions).
+        self._uploads: OrderedDict[str, _Upload] = OrderedDict()
 
     # -- names --------------------------------------------------------------------------------
 
@@ -132,7 +136,13 @@ class S3Store:
                 Key=self._manifest_key(session_id),
                 Body=json.dumps(manifest).encode("utf-8"),
             )
+        self._remember(session_id, upload)
+
+    def _remember(self, session_id: str, upload: _Upload) -> None:
         self._uploads[session_id] = upload
+        self._uploads.move_to_end(session_id)
+        while len(self._uploads) > UPLOAD_CACHE_SIZE:
+            self._uploads.popitem(last=False)
 
     def data_size(self, session_id: str) -> int | None:
         state = self._state(session_id)
@@ -325,7 +335,7 @@ class S3Store:
                 raise
             manifest = json.loads(got["Body"].read())
         upload = _Upload(str(manifest["key"]), str(manifest["upload_id"]))
-        self._uploads[session_id] = upload
+        self._remember(session_id, upload)
         return upload
 
     def _state(self, session_id: str) -> _State | None:
