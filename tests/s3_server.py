@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +12,7 @@ from typing import Any
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from .local_server import running
 
 
 #: What every process that talks to the test endpoint needs in its environment.
@@ -39,27 +32,8 @@ def s3_endpoint() -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail("the test extra installs moto[server]; moto_server is missing")
         pytest.skip("moto_server is not installed here (pip install 'moto[server]')")
-    port = _free_port()
-    process = subprocess.Popen(
-        [binary, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.05)
-    try:
+    with running(lambda port: [binary, "-H", "127.0.0.1", "-p", str(port)], "moto_server") as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(20)
 
 
 def s3_client(endpoint: str) -> Any:

@@ -82,15 +82,8 @@ class UploadMachine(RuleBasedStateMachine):
             length = min(length, total - first)
             spec = f"bytes {first}-{first + length - 1}/{total}"
         body = upload.data[first : first + length]
-        environ = raw_environ(
-            PATH_INFO=f"/{upload.name}",
-            HTTP_BITS_PACKET_TYPE="Fragment",
-            HTTP_BITS_SESSION_ID=upload.session_id,
-            HTTP_CONTENT_RANGE=spec,
-            CONTENT_LENGTH=str(length),
-        )
-        environ["wsgi.input"] = io.BytesIO(body[: length // 2] if short and length else body)
-        status, headers = call(self.app, environ)
+        sent = body[: length // 2] if short and length else body
+        status, headers = call(self.app, _fragment_environ(upload, spec, length, sent))
         code = int(status.split()[0])
         if upload.state != "active":
             assert code == 500 and headers["BITS-Error-Code"] == "0x8020001F"
@@ -107,15 +100,8 @@ class UploadMachine(RuleBasedStateMachine):
     def _send(self, upload: Upload, first: int, length: int) -> tuple[int, int]:
         total = len(upload.data)
         spec = f"bytes {first}-{first + length - 1}/{total}" if total else "bytes */0"
-        environ = raw_environ(
-            PATH_INFO=f"/{upload.name}",
-            HTTP_BITS_PACKET_TYPE="Fragment",
-            HTTP_BITS_SESSION_ID=upload.session_id,
-            HTTP_CONTENT_RANGE=spec,
-            CONTENT_LENGTH=str(length),
-        )
-        environ["wsgi.input"] = io.BytesIO(upload.data[first : first + length])
-        status, headers = call(self.app, environ)
+        body = upload.data[first : first + length]
+        status, headers = call(self.app, _fragment_environ(upload, spec, length, body))
         return int(status.split()[0]), int(headers.get("BITS-Received-Content-Range", -1))
 
     @rule(upload=uploads, start=st.integers(0, 3100), length=st.integers(1, 1200))
@@ -192,6 +178,19 @@ class UploadMachine(RuleBasedStateMachine):
 
     def _uploads(self) -> list[Upload]:
         return self.all
+
+
+def _fragment_environ(upload: Upload, spec: str, length: int, body: bytes) -> dict[str, object]:
+    """A Fragment declaring ``length`` bytes, whose body is ``body`` (shorter: cut short)."""
+    environ = raw_environ(
+        PATH_INFO=f"/{upload.name}",
+        HTTP_BITS_PACKET_TYPE="Fragment",
+        HTTP_BITS_SESSION_ID=upload.session_id,
+        HTTP_CONTENT_RANGE=spec,
+        CONTENT_LENGTH=str(length),
+    )
+    environ["wsgi.input"] = io.BytesIO(body)
+    return environ
 
 
 UploadMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
