@@ -15,8 +15,8 @@ import pytest
 from .local_server import running
 
 
-#: What every process that talks to the test endpoint needs in its environment.
 def s3_environment(endpoint: str) -> dict[str, str]:
+    """What every process that talks to the test endpoint needs in its environment."""
     return {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
