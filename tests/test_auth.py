@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import webtest
 from werkzeug.datastructures import Authorization
 
@@ -65,3 +66,27 @@ def test_other_requests_get_a_plain_401_then_reach_the_app(upload_dir: Path) -> 
     assert "WWW-Authenticate" in refused.headers
     allowed = test.get("/page", headers={"Authorization": basic("bob", "pw")})
     assert allowed.body == b"app GET /page "
+
+
+def test_passwords_are_compared_in_constant_time_for_every_name(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No timer (tests must not depend on timing): every attempt, whether the name exists or
+    not, goes through hmac.compare_digest, so neither a password's prefix nor a name's
+    existence changes the work done."""
+    import hmac
+
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr("bits_wsgi.auth.hmac.compare_digest", spy)
+    client = BitsClient(make(upload_dir), path="/up/f.bin")
+    attempts = [("alice", "s3cret"), ("alice", "s3creX"), ("mallory", "s3cret"), ("", "x")]
+    for name, password in attempts:
+        client.ping(headers={"Authorization": basic(name, password)})
+    assert len(compared) == len(attempts)
+    assert all(len(given) == len(expected) for given, expected in compared[2:])
