@@ -17,15 +17,20 @@ without overwrites the completion itself is the atomic check (``If-None-Match: *
 below ``prefix + "BITS-Sessions/Requests/{ID}/"`` hold the session's working state::
 
     upload.json            the multipart upload's key and id (written once)
-    tail-{START:020d}      the bytes after the last uploaded part: BITS fragments are often
-                           smaller than S3's 5 MiB minimum part, so they are staged here until
-                           a whole part is full
+    chunk-{START:020d}     one staged fragment: BITS fragments are often smaller than S3's
+                           5 MiB minimum part, so they wait here until a whole part is full
 
 Every part but the last is exactly ``part_size`` bytes. The data's length (the session's offset)
-is the size of the contiguous uploaded parts plus the tail that starts where they end; a tail
-that starts anywhere else is left over from a crash and counts for nothing. Each step of a write
-(a part uploaded, then the new tail stored, then the old one deleted) leaves that sum equal to
-bytes S3 holds durably, so the offset never runs ahead of them.
+is the size of the contiguous uploaded parts plus the *chain* of chunks that follows them: the
+chunk starting where the parts end, the one starting where that one ends, and so on. A chunk off
+the chain is left over from a crash and counts for nothing (the next write deletes it).
+
+A fragment that does not fill a part is stored as one chunk (one PUT). One that does is joined
+locally with the chain's chunks; its bytes past the last whole part are stored first, as the
+chunk where those parts will end, then the parts are uploaded in order, then the chunks they
+consumed are deleted. Each step leaves the offset at bytes S3 durably holds, and each byte
+crosses the network at most three times (as a chunk, read back, in a part), not once per later
+fragment.
 
 A fragment is spooled to a local temporary file before anything is sent, so a client that
 disconnects mid-body changes nothing in S3. A session cancelled, closed or expired aborts its
@@ -54,9 +59,9 @@ MAX_PARTS = 10_000
 #: 8 MiB parts allow uploads of up to 78 GiB; raise ``part_size`` for more.
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 SESSION_METADATA = "bits-session"
+_CHUNK = "chunk-"
 #: Sessions whose multipart upload id this process remembers.
 UPLOAD_CACHE_SIZE = 4096
-_TAIL = "tail-"
 
 
 @dataclass(frozen=True)
@@ -67,19 +72,30 @@ class _Upload:
 
 @dataclass(frozen=True)
 class _State:
-    """What S3 holds of a session: its parts and the tail objects present."""
+    """What S3 holds of a session: its contiguous parts and its staged chunks."""
 
     parts: list[dict[str, Any]]
     uploaded: int  # bytes in the contiguous parts
-    tails: dict[str, int]  # tail key -> size
+    chunks: dict[int, int]  # start offset -> size, every chunk object present
 
     @property
-    def tail_size(self) -> int:
-        return self.tails.get(_tail_name(self.uploaded), 0)
+    def chain(self) -> list[tuple[int, int]]:
+        """(start, size) of the chunks that continue the parts without a gap."""
+        chain, position = [], self.uploaded
+        while self.chunks.get(position):
+            chain.append((position, self.chunks[position]))
+            position += self.chunks[position]
+        return chain
 
     @property
     def size(self) -> int:
-        return self.uploaded + self.tail_size
+        return self.uploaded + sum(size for _, size in self.chain)
+
+    @property
+    def garbage(self) -> list[int]:
+        """Starts of chunks off the chain: left over from a crash, or consumed by a part."""
+        on_chain = {start for start, _ in self.chain}
+        return [start for start in self.chunks if start not in on_chain]
 
 
 class S3Store:
@@ -165,67 +181,93 @@ class S3Store:
             # The server writes at the offset it derived from this size, under the lock.
             raise OSError(errno.EINVAL, f"offset {offset} outside {state.uploaded}..{state.size}")
         with tempfile.TemporaryFile(dir=self.spool_dir) as spool:
-            kept = offset - state.uploaded  # tail bytes before the offset stay
-            if kept:
-                self._read_tail(session_id, state.uploaded, kept, spool)
             written = 0
-            try:
-                for chunk in chunks:
-                    spool.write(chunk)
-                    written += len(chunk)
-            except BaseException:
-                if offset < state.size:  # cut the stray tail bytes, as the contract says
-                    spool.seek(0)
-                    self._store_tail(session_id, state, state.uploaded, spool.read(kept))
-                raise
+            for chunk in chunks:  # a client gone mid-body raises here: S3 is untouched
+                spool.write(chunk)
+                written += len(chunk)
+            state = self._cut(session_id, state, offset)
             spool.seek(0)
-            self._send(session_id, upload, state, spool, kept + written)
+            if offset - state.uploaded + written < self.part_size:
+                if written:
+                    self._put_chunk(session_id, offset, spool.read())
+            else:
+                self._fill_parts(session_id, upload, state, spool, written)
         return written
 
-    def _send(
-        self, session_id: str, upload: _Upload, state: _State, spool: IO[bytes], length: int
+    def _cut(self, session_id: str, state: _State, offset: int) -> _State:
+        """Delete the chunks off the chain, and cut the chain to ``offset``."""
+        doomed = list(state.garbage)
+        chain = state.chain
+        for start, size in chain:
+            if start >= offset:
+                doomed.append(start)
+            elif start + size > offset:  # cut inside this chunk: keep its head
+                head = self._read_chunk(session_id, start, offset - start)
+                self._put_chunk(session_id, start, head)
+        self._delete_chunks(session_id, doomed)
+        kept = {start: size for start, size in chain if start < offset}
+        for start, size in kept.items():
+            kept[start] = min(size, offset - start)
+        return _State(state.parts, state.uploaded, kept)
+
+    def _fill_parts(
+        self, session_id: str, upload: _Upload, state: _State, spool: IO[bytes], written: int
     ) -> None:
-        """Upload the spool's whole parts, then store the rest as the new tail."""
-        start = state.uploaded
-        number = len(state.parts) + 1
-        while length - (start - state.uploaded) >= self.part_size:
-            if number > MAX_PARTS:
+        """The chain and the new bytes make at least one whole part: store the rest as the chunk
+        where the parts will end, upload the parts in order, then delete what they consumed."""
+        with tempfile.TemporaryFile(dir=self.spool_dir) as joined:
+            for start, size in state.chain:
+                joined.write(self._read_chunk(session_id, start, size))
+            shutil.copyfileobj(spool, joined, 1024 * 1024)
+            length = joined.tell()
+            whole = length // self.part_size * self.part_size
+            if len(state.parts) + whole // self.part_size > MAX_PARTS:
                 raise OSError(errno.EFBIG, f"upload exceeds {MAX_PARTS} parts of {self.part_size}")
-            body = spool.read(self.part_size)
-            with _unavailable():
-                self.client.upload_part(
-                    Bucket=self.bucket,
-                    Key=upload.key,
-                    UploadId=upload.upload_id,
-                    PartNumber=number,
-                    Body=body,
-                )
-            number += 1
-            start += self.part_size
-        self._store_tail(session_id, state, start, spool.read())
+            if length > whole:
+                joined.seek(whole)
+                self._put_chunk(session_id, state.uploaded + whole, joined.read())
+            joined.seek(0)
+            number = len(state.parts) + 1
+            for _ in range(whole // self.part_size):
+                self._upload_part(upload, number, joined.read(self.part_size))
+                number += 1
+        self._delete_chunks(session_id, [start for start, _ in state.chain])
 
-    def _store_tail(self, session_id: str, state: _State, start: int, data: bytes) -> None:
-        """Make ``data`` the tail at ``start``, then delete every other tail object."""
-        name = _tail_name(start)
+    def _upload_part(self, upload: _Upload, number: int, body: bytes) -> None:
         with _unavailable():
-            if data:
-                self.client.put_object(
-                    Bucket=self.bucket, Key=self._session_prefix(session_id) + name, Body=data
-                )
-            stale = [t for t in state.tails if t != name or not data]
-            for tail in stale:
-                self.client.delete_object(
-                    Bucket=self.bucket, Key=self._session_prefix(session_id) + tail
-                )
+            self.client.upload_part(
+                Bucket=self.bucket,
+                Key=upload.key,
+                UploadId=upload.upload_id,
+                PartNumber=number,
+                Body=body,
+            )
 
-    def _read_tail(self, session_id: str, start: int, length: int, into: IO[bytes]) -> None:
+    def _chunk_key(self, session_id: str, start: int) -> str:
+        return f"{self._session_prefix(session_id)}{_CHUNK}{start:020d}"
+
+    def _put_chunk(self, session_id: str, start: int, data: bytes) -> None:
+        with _unavailable():
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._chunk_key(session_id, start), Body=data
+            )
+
+    def _read_chunk(self, session_id: str, start: int, length: int) -> bytes:
         with _unavailable():
             got = self.client.get_object(
                 Bucket=self.bucket,
-                Key=self._session_prefix(session_id) + _tail_name(start),
+                Key=self._chunk_key(session_id, start),
                 Range=f"bytes=0-{length - 1}",
             )
-            shutil.copyfileobj(got["Body"], into, 1024 * 1024)
+            data: bytes = got["Body"].read()
+        return data
+
+    def _delete_chunks(self, session_id: str, starts: Iterable[int]) -> None:
+        with _unavailable():
+            for start in starts:
+                self.client.delete_object(
+                    Bucket=self.bucket, Key=self._chunk_key(session_id, start)
+                )
 
     def sync(self, session_id: str) -> None:
         """Nothing to do: S3 holds a part or an object durably once it has answered."""
@@ -251,21 +293,34 @@ class S3Store:
         parts = [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in state.parts]
         conditional = {} if overwrite else {"IfNoneMatch": "*"}
         with _unavailable(), _destination_taken(self, upload.key, session_id):
-            if state.tail_size:
-                # The tail becomes the last part, which S3 lets be of any size.
-                copied = self.client.upload_part_copy(
-                    Bucket=self.bucket,
-                    Key=upload.key,
-                    UploadId=upload.upload_id,
-                    PartNumber=len(parts) + 1,
-                    CopySource={
-                        "Bucket": self.bucket,
-                        "Key": self._session_prefix(session_id) + _tail_name(state.uploaded),
-                    },
-                )
-                parts.append(
-                    {"PartNumber": len(parts) + 1, "ETag": copied["CopyPartResult"]["ETag"]}
-                )
+            chain = state.chain
+            if chain:
+                # The chain becomes the last part, which S3 lets be of any size: copied
+                # server-side when it is one chunk, joined here when it is several (< a part).
+                number = len(parts) + 1
+                if len(chain) == 1:
+                    copied = self.client.upload_part_copy(
+                        Bucket=self.bucket,
+                        Key=upload.key,
+                        UploadId=upload.upload_id,
+                        PartNumber=number,
+                        CopySource={
+                            "Bucket": self.bucket,
+                            "Key": self._chunk_key(session_id, chain[0][0]),
+                        },
+                    )
+                    etag = copied["CopyPartResult"]["ETag"]
+                else:
+                    body = b"".join(self._read_chunk(session_id, *link) for link in chain)
+                    sent = self.client.upload_part(
+                        Bucket=self.bucket,
+                        Key=upload.key,
+                        UploadId=upload.upload_id,
+                        PartNumber=number,
+                        Body=body,
+                    )
+                    etag = sent["ETag"]
+                parts.append({"PartNumber": number, "ETag": etag})
             if not parts:
                 # An empty upload: S3 completes no upload without a part.
                 self.client.put_object(
@@ -339,7 +394,7 @@ class S3Store:
         return upload
 
     def _state(self, session_id: str) -> _State | None:
-        """Parts and tails, or None if the data is gone (discarded, aborted or completed)."""
+        """Parts and chunks, or None if the data is gone (discarded, aborted or completed)."""
         upload = self._upload(session_id)
         if upload is None:
             return None
@@ -352,10 +407,10 @@ class S3Store:
                 if _status(exc) == 404:
                     return None
                 raise
-            tails = {
-                item["Key"].rsplit("/", 1)[1]: int(item["Size"])
+            chunks = {
+                int(item["Key"].rsplit(_CHUNK, 1)[1]): int(item["Size"])
                 for page in self._pages(
-                    "list_objects_v2", Prefix=self._session_prefix(session_id) + _TAIL
+                    "list_objects_v2", Prefix=self._session_prefix(session_id) + _CHUNK
                 )
                 for item in page.get("Contents", [])
             }
@@ -365,7 +420,7 @@ class S3Store:
                 break
             contiguous.append(part)
         uploaded = sum(int(p["Size"]) for p in contiguous)
-        return _State(contiguous, uploaded, tails)
+        return _State(contiguous, uploaded, chunks)
 
     def _pages(self, operation: str, **arguments: Any) -> Iterator[dict[str, Any]]:
         paginator = self.client.get_paginator(operation)
@@ -383,10 +438,6 @@ def _session_of(head: dict[str, Any]) -> str:
     """The session that committed an object ("" if none of ours did)."""
     metadata: dict[str, str] = head.get("Metadata", {})
     return metadata.get(SESSION_METADATA, "")
-
-
-def _tail_name(start: int) -> str:
-    return f"{_TAIL}{start:020d}"
 
 
 def _status(exc: Exception) -> int | None:

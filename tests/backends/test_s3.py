@@ -75,8 +75,8 @@ def test_fragments_are_staged_until_a_whole_part_is_full(
         store.write(SESSION_A, first, [payload[first : first + fragment]])
         assert store.data_size(SESSION_A) == min(first + fragment, len(payload))
     assert parts(client, bucket) == [PART, PART]  # every part but the last is exactly one size
-    tails = [k for k in objects(client, bucket) if "/tail-" in k]
-    assert len(tails) == 1  # the staged remainder, and no leftover of earlier tails
+    staged = sorted(int(k.rsplit("-", 1)[1]) for k in objects(client, bucket) if "/chunk-" in k)
+    assert staged and staged[0] == 2 * PART  # only the remainder: consumed chunks are gone
     store.commit(SESSION_A, Destination(Path("/unused"), DESTINATION), overwrite=False)
     assert hashlib.sha256(committed(client, bucket)).digest() == hashlib.sha256(payload).digest()
     head = client.head_object(Bucket=bucket, Key=DESTINATION)
@@ -118,40 +118,90 @@ def test_a_client_gone_mid_body_changes_nothing_in_s3(
     assert store.data_size(SESSION_A) == 1000
 
 
-class _PutFails:
-    """An S3 client whose tail writes fail once: the host dies between a part and its tail."""
+class _FailsOnce:
+    """An S3 client whose ``operation`` fails once: the host dies at that step of a write."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, operation: str) -> None:
         self._client = client
+        self._operation = operation
         self.failed = False
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
+        method = getattr(self._client, name)
+        if name != self._operation or self.failed:
+            return method
 
-    def put_object(self, **arguments: Any) -> Any:
-        if "/tail-" in arguments["Key"] and not self.failed:
+        def fail(**arguments: Any) -> Any:
             self.failed = True
             raise ConnectionResetError("host died")
-        return self._client.put_object(**arguments)
+
+        return fail
 
 
-def test_a_crash_between_a_part_and_its_tail_keeps_the_offset_behind_the_bytes(
-    client: Any, bucket: str
+@pytest.mark.parametrize(
+    ("dies_at", "offset_after"),
+    [
+        # the remainder is stored as the chunk where the part will end, the part is not sent
+        ("upload_part", 3_000_000),
+        # the part is in S3, the chunk it consumed is not deleted
+        ("delete_object", 7_000_000),
+    ],
+)
+def test_a_crash_inside_a_write_keeps_the_offset_at_the_bytes_s3_holds(
+    client: Any, bucket: str, dies_at: str, offset_after: int
 ) -> None:
     first = S3Store(bucket, client=client, part_size=PART)
     started(first)
     payload = os.urandom(2 * PART)
-    first.write(SESSION_A, 0, [payload[:3_000_000]])  # a tail of 3 MB
-    crashing = S3Store(bucket, client=_PutFails(client), part_size=PART)
+    first.write(SESSION_A, 0, [payload[:3_000_000]])  # one staged chunk of 3 MB
+    crashing = S3Store(bucket, client=_FailsOnce(client, dies_at), part_size=PART)
     with pytest.raises(ConnectionResetError):
-        crashing.write(SESSION_A, 3_000_000, [payload[3_000_000:7_000_000]])
-    # The part (tail + 2 MiB and a bit) is in S3, its remainder is not: the offset counts the
-    # part only, and the old 3 MB tail, now inside the part, counts for nothing.
+        crashing.write(SESSION_A, 3_000_000, [payload[3_000_000:7_000_000]])  # fills a part
+    # Another host sees exactly what S3 durably holds: a chunk off the chain (the remainder
+    # without its part, or the chunk inside the part) counts for nothing.
     another_host = S3Store(bucket, client=client, part_size=PART)
-    assert another_host.data_size(SESSION_A) == PART
-    another_host.write(SESSION_A, PART, [payload[PART:]])
+    assert another_host.data_size(SESSION_A) == offset_after
+    another_host.write(SESSION_A, offset_after, [payload[offset_after:]])
     another_host.commit(SESSION_A, Destination(Path("/unused"), DESTINATION), overwrite=False)
     assert committed(client, bucket) == payload
+    assert [k for k in objects(client, bucket) if "/chunk-" in k and k.endswith("0" * 20)] == []
+
+
+def test_small_fragments_cost_no_rewrites(store: S3Store, client: Any, bucket: str) -> None:
+    """64 KiB fragments: each is one chunk PUT; nothing already staged is read or rewritten
+    until a part is full (the cost stays linear in the upload, not quadratic)."""
+    started(store)
+    payload = os.urandom(PART + 100_000)
+    calls: dict[str, int] = {}
+    counted = _Counting(client, calls)
+    store.client = counted
+    fragment = 64 * 1024
+    for first in range(0, len(payload), fragment):
+        store.write(SESSION_A, first, [payload[first : first + fragment]])
+    fragments = -(-len(payload) // fragment)
+    # one chunk each, but the fragment that fills the part goes straight into it
+    assert calls["put_object"] == fragments - 1
+    assert calls["get_object"] == PART // fragment - 1  # the staged chunks, read back once
+    assert calls["upload_part"] == 1
+    store.commit(SESSION_A, Destination(Path("/unused"), DESTINATION), overwrite=False)
+    assert committed(client, bucket) == payload
+
+
+class _Counting:
+    def __init__(self, client: Any, calls: dict[str, int]) -> None:
+        self._client = client
+        self._calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if not callable(method) or name.startswith("_") or name in ("get_paginator",):
+            return method
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self._calls[name] = self._calls.get(name, 0) + 1
+            return method(*args, **kwargs)
+
+        return counted
 
 
 def test_a_crash_after_completion_reports_the_committed_size(

@@ -3,9 +3,10 @@
     python -m tests.integration.crashing_serve POINT MARKER serve-args...
 
 POINT: ``before-commit`` / ``after-commit`` (the filesystem backend's commit), or
-``s3-after-part`` (an S3 part uploaded, the new tail not yet stored). The first worker to reach
-the point creates MARKER and dies at once, as a crash would (MARKER may be shared by several
-servers: one crash in all); gunicorn starts a new worker, and later requests run normally.
+``s3-after-part`` (an S3 part uploaded, the chunks it consumed not yet deleted). The first
+worker to reach the point creates MARKER and dies at once, as a crash would (MARKER may be
+shared by several servers: one crash in all); gunicorn starts a new worker, and later requests
+run normally.
 """
 
 from __future__ import annotations
@@ -42,16 +43,13 @@ def patch(point: str, marker: Path) -> None:
     if point == "s3-after-part":
         from bits_wsgi.backends.s3 import S3Store
 
-        store_tail = S3Store._store_tail
+        upload_part = S3Store._upload_part
 
-        def crashing_store_tail(
-            self: S3Store, session_id: str, state: Any, start: int, data: bytes
-        ) -> None:
-            if start != state.uploaded:  # this write uploaded a part
-                crash_once(marker)
-            store_tail(self, session_id, state, start, data)
+        def crashing_upload_part(self: S3Store, *args: Any) -> None:
+            upload_part(self, *args)
+            crash_once(marker)  # the part is in S3; the chunks it consumed are not deleted
 
-        S3Store._store_tail = crashing_store_tail  # type: ignore[method-assign]
+        S3Store._upload_part = crashing_upload_part  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

@@ -42,8 +42,8 @@ class SharedDirectory:
 
 
 class S3Bucket:
-    """The bytes S3 holds are read straight from S3: the uploaded parts, plus the staged tail
-    that starts where they end (bits_wsgi/backends/s3.py)."""
+    """The bytes S3 holds are read straight from S3: the uploaded parts, plus the chain of
+    staged chunks that continues them (bits_wsgi/backends/s3.py)."""
 
     def __init__(self, tmp_path: Path, endpoint: str) -> None:
         self.uploads = tmp_path / "uploads"
@@ -51,7 +51,8 @@ class S3Bucket:
         self.bucket = new_bucket(endpoint)
         self.arguments = ["--data-dir", f"s3://{self.bucket}/fleet"]
         self.environment = s3_environment(endpoint)
-        # One worker of the farm dies between uploading an S3 part and storing the new tail
+        # One worker of the farm dies between uploading an S3 part and deleting the chunks
+        # that went into it
         self.crash_marker = tmp_path / "crashed-after-part"
         self.crash = ["s3-after-part", str(self.crash_marker)]
 
@@ -60,10 +61,15 @@ class S3Bucket:
         parts = self.client.list_parts(
             Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
         ).get("Parts", [])
-        uploaded = sum(int(p["Size"]) for p in parts)
-        prefix = f"fleet/BITS-Sessions/Requests/{session}/tail-{uploaded:020d}"
+        held = sum(int(p["Size"]) for p in parts)
+        prefix = f"fleet/BITS-Sessions/Requests/{session}/chunk-"
         listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
-        return uploaded + sum(int(o["Size"]) for o in listed.get("Contents", []))
+        chunks = {
+            int(o["Key"].rsplit("-", 1)[1]): int(o["Size"]) for o in listed.get("Contents", [])
+        }
+        while chunks.get(held):
+            held += chunks[held]
+        return held
 
     def committed(self) -> bytes:
         got = self.client.get_object(Bucket=self.bucket, Key="fleet/farm/dump.bin")
