@@ -1,6 +1,11 @@
 """Soak test: many clients with random faults against `bits-wsgi serve`, for a set time.
 
     .venv/bin/python -m benchmarks.soak --minutes 10 [--clients 6] [--server gunicorn]
+        [--backend redis://HOST:PORT/DB --data-dir DIR|s3://BUCKET/PREFIX]
+
+With ``--backend``, the server keeps sessions in that Redis and the bytes in the shared
+directory or S3 bucket (boto3 reads ``AWS_ENDPOINT_URL`` and credentials from the environment;
+the bucket is created if missing); Redis and the S3 endpoint outlive the server's crashes.
 
 Not part of `make test`. Each client process uploads files of random sizes in fragments of
 random sizes and, at random, disconnects in the middle of a fragment, repeats a fragment, skips
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import hashlib
 import http.client
 import json
@@ -96,7 +102,50 @@ class Client:
         self.drop()
 
 
-def upload_one(client: Client, root: Path, number: int, rng: random.Random) -> str:
+class Destinations:
+    """Where committed uploads appear: files below ROOT, or objects in an S3 bucket."""
+
+    def __init__(self, root: Path, data_dir: str | None) -> None:
+        self.root = root
+        self.bucket, self.prefix, self._s3 = "", "", None
+        if data_dir and data_dir.startswith("s3://"):
+            self.bucket, _, prefix = data_dir.removeprefix("s3://").partition("/")
+            self.prefix = prefix.rstrip("/") + "/" if prefix else ""
+
+    def _client(self) -> Any:
+        if self._s3 is None:  # one per client process, made after the fork
+            import boto3
+
+            self._s3 = boto3.client("s3")
+        return self._s3
+
+    def create_bucket(self) -> None:
+        if self.bucket:
+            client = self._client()
+            with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                client.create_bucket(Bucket=self.bucket)
+            self._s3 = None
+
+    def read(self, path: str) -> bytes | None:
+        if not self.bucket:
+            file = self.root / path.lstrip("/")
+            return file.read_bytes() if file.exists() else None
+        client = self._client()
+        try:
+            got = client.get_object(Bucket=self.bucket, Key=self.prefix + path.lstrip("/"))
+        except client.exceptions.NoSuchKey:
+            return None
+        data: bytes = got["Body"].read()
+        return data
+
+    def remove(self, path: str) -> None:
+        if not self.bucket:
+            (self.root / path.lstrip("/")).unlink()
+        else:
+            self._client().delete_object(Bucket=self.bucket, Key=self.prefix + path.lstrip("/"))
+
+
+def upload_one(client: Client, destinations: Destinations, number: int, rng: random.Random) -> str:
     """One upload with random faults; returns how it ended."""
     size = rng.choice([0, rng.randint(1, 64 * KiB), rng.randint(64 * KiB, 8 * MiB)])
     data = rng.randbytes(size)
@@ -149,7 +198,7 @@ def upload_one(client: Client, root: Path, number: int, rng: random.Random) -> s
                     path, {"BITS-Packet-Type": "Cancel-Session", "BITS-Session-Id": session}
                 )
                 assert status == 200, status
-                assert not (root / path.lstrip("/")).exists(), "a cancelled upload was committed"
+                assert destinations.read(path) is None, "a cancelled upload was committed"
                 return "cancelled"
             if 0.16 <= fault < 0.17:
                 client.counts["fault: abandoned session"] += 1
@@ -176,29 +225,35 @@ def upload_one(client: Client, root: Path, number: int, rng: random.Random) -> s
     )
     if status != 200:
         raise AssertionError(f"close: {status} {ack}")
-    committed = root / path.lstrip("/")
-    if hashlib.sha256(committed.read_bytes()).digest() != hashlib.sha256(data).digest():
+    committed = destinations.read(path)
+    if committed is None:
+        raise AssertionError(f"{path}: closed, but nothing was committed")
+    if hashlib.sha256(committed).digest() != hashlib.sha256(data).digest():
         raise AssertionError(f"{path}: committed bytes differ from the bytes sent")
-    committed.unlink()  # checked; a long soak must not fill the disk
+    destinations.remove(path)  # checked; a long soak must not fill the disk
     client.counts["bytes committed"] += size
     return "committed"
 
 
-def client_process(port: int, root: str, deadline: float, seed: int, out: Any) -> None:
+def client_process(
+    port: int, destinations: Destinations, deadline: float, seed: int, out: Any
+) -> None:
     counts: collections.Counter[str] = collections.Counter()
     client = Client(port, counts)
     rng = random.Random(seed)
     number = 0
     try:
         while time.time() < deadline:
-            counts["uploads " + upload_one(client, Path(root), number, rng)] += 1
+            counts["uploads " + upload_one(client, destinations, number, rng)] += 1
             number += 1
     except Exception as exc:  # reported, and fails the soak
         counts[f"FAILURE: {exc}"[:200]] += 1
     out.put(dict(counts))
 
 
-def start_server(root: Path, port: int, server: str, log: Any) -> subprocess.Popen[bytes]:
+def start_server(
+    root: Path, port: int, server: str, log: Any, extra: list[str]
+) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [
             sys.executable,
@@ -214,6 +269,7 @@ def start_server(root: Path, port: int, server: str, log: Any) -> subprocess.Pop
             server,
             "--log-level",
             "warning",
+            *extra,
         ],
         start_new_session=True,
         stdout=log,
@@ -233,18 +289,25 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--server", default="gunicorn")
     parser.add_argument("--kill-every", type=float, default=120, help="seconds between crashes")
+    parser.add_argument("--backend", default=None, help="redis://HOST:PORT/DB")
+    parser.add_argument(
+        "--data-dir", default=None, help="with --backend: DIR or s3://BUCKET/PREFIX"
+    )
     args = parser.parse_args()
+    extra = ["--backend", args.backend, "--data-dir", args.data_dir] if args.backend else []
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as scratch:
         root = Path(scratch) / "root"
         port = free_port()
         log = open(Path(scratch) / "server.log", "ab")  # noqa: SIM115 - open for the whole run
         began = time.time()
         deadline = began + args.minutes * 60
-        server = start_server(root, port, args.server, log)
+        destinations = Destinations(root, args.data_dir if args.backend else None)
+        destinations.create_bucket()
+        server = start_server(root, port, args.server, log, extra)
         context = multiprocessing.get_context("fork")
         results = context.Queue()
         clients = [
-            context.Process(target=client_process, args=(port, str(root), deadline, n, results))
+            context.Process(target=client_process, args=(port, destinations, deadline, n, results))
             for n in range(args.clients)
         ]
         for process in clients:
@@ -258,7 +321,7 @@ def main() -> int:
                 server.wait(30)
                 crashes += 1
                 time.sleep(1)
-                server = start_server(root, port, args.server, log)
+                server = start_server(root, port, args.server, log, extra)
                 next_kill = time.time() + args.kill_every
         totals: collections.Counter[str] = collections.Counter()
         for _ in clients:
@@ -272,6 +335,7 @@ def main() -> int:
             "minutes": round((time.time() - began) / 60, 1),
             "clients": args.clients,
             "server": args.server,
+            "backend": " ".join(extra) or "files under ROOT",
             "counts": dict(sorted(totals.items())),
         }
         print(json.dumps(report, indent=2))
