@@ -123,7 +123,10 @@ class UploadServer:
         self._sweeper: Sweeper | None = None
         if sweep_interval is not None:
             self._sweeper = Sweeper(
-                self._timed_sweep, sweep_interval, min(FIRST_SWEEP_DELAY, sweep_interval)
+                self._timed_sweep,
+                sweep_interval,
+                min(FIRST_SWEEP_DELAY, sweep_interval),
+                self._sweep_guard,
             )
             self._sweeper.ensure_running()
 

@@ -1,10 +1,15 @@
 """Expiry sweeps on a timer inside the server, with no cron and whether or not traffic comes.
 
 One daemon thread per upload directory and process: a WSGI server that forks its workers after
-building the application (gunicorn ``preload_app``) leaves the thread in the parent, so the
-thread is started again in any process that handles a request without one. Sweeps are safe to
-run in several processes and hosts at once: each session is taken under its lock without
-waiting (``UploadServer.sweep``).
+building the application (gunicorn ``preload_app``, and ``bits-wsgi serve``) keeps the thread in
+the parent, which goes on sweeping, and a worker starts its own when it handles a request.
+Sweeps are safe to run in several processes and hosts at once: each session is taken under its
+lock without waiting (``UploadServer.sweep``).
+
+A fork never happens in the middle of a sweep: a child would inherit the session lock the sweep
+holds (an ``flock`` lives as long as any copy of its file descriptor) and keep that session busy
+for as long as the child lives. Before a fork, every sweeper's guard is taken, which waits for
+a sweep in progress to end.
 """
 
 from __future__ import annotations
@@ -20,20 +25,29 @@ log = logging.getLogger("bits_wsgi")
 
 
 class Sweeper:
-    def __init__(self, sweep: Callable[[], int], interval: float, first_delay: float) -> None:
+    def __init__(
+        self,
+        sweep: Callable[[], int],
+        interval: float,
+        first_delay: float,
+        guard: threading.Lock,
+    ) -> None:
         # A weak reference: the thread must not keep a discarded server (and its backend) alive.
         self._sweep = weakref.WeakMethod(sweep)
         self.interval = interval
         self.first_delay = first_delay
+        #: held by every sweep of the server, and across a fork
+        self.guard = guard
         self._stopped = threading.Event()
         self._pid: int | None = None
-        self._guard = threading.Lock()
+        self._starting = threading.Lock()
+        _LIVE.add(self)
 
     def ensure_running(self) -> None:
         """Start the thread in this process unless it runs here already (a cheap check)."""
         if self._pid == os.getpid():
             return
-        with self._guard:
+        with self._starting:
             if self._pid == os.getpid():
                 return
             self._pid = os.getpid()
@@ -56,3 +70,25 @@ class Sweeper:
             del sweep
             # Jitter, so that the workers of a farm do not all sweep at the same moment.
             delay = self.interval * random.uniform(0.9, 1.1)
+
+
+_LIVE: weakref.WeakSet[Sweeper] = weakref.WeakSet()
+_HELD_ACROSS_FORK: list[Sweeper] = []
+
+
+#: A fork from inside a sweep (a hook that forks) must not wait for itself forever.
+FORK_WAIT = 30.0
+
+
+def _before_fork() -> None:
+    for sweeper in list(_LIVE):
+        if sweeper.guard.acquire(timeout=FORK_WAIT):  # waits for a sweep in progress
+            _HELD_ACROSS_FORK.append(sweeper)
+
+
+def _after_fork() -> None:
+    while _HELD_ACROSS_FORK:
+        _HELD_ACROSS_FORK.pop().guard.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from werkzeug.datastructures import Headers
 
@@ -112,3 +113,53 @@ def test_a_discarded_server_stops_sweeping(tmp_path: Path) -> None:
     gc.collect()
     sweeper.join(10)
     assert not sweeper.is_alive()
+
+
+def test_a_fork_waits_for_the_sweep_in_progress(tmp_path: Path) -> None:
+    """gunicorn forks workers from a process whose sweeper may be sweeping: a child forked
+    while a sweep held a session's flock would keep that lock for its whole life."""
+    import os
+    import threading
+
+    from bits_wsgi.testing import SESSION_A, new_record
+
+    holding, release = threading.Event(), threading.Event()
+
+    class SlowSweepBackend(FilesystemBackend):
+        def load(self, session_id: str) -> Any:
+            if threading.current_thread().name == "bits-wsgi-sweep":
+                holding.set()  # the sweep holds SESSION_A's lock now
+                release.wait(10)
+            return super().load(session_id)
+
+    backend = SlowSweepBackend(tmp_path)
+    record = new_record(SESSION_A)
+    record.last_activity = time.time()  # a live session: the sweep leaves it (and its lock file)
+    backend.create(record)
+    server = UploadServer(UploadDirectory(upload_dir=tmp_path), backend, sweep_interval=60)
+    try:
+        assert server._sweeper is not None
+        server._sweeper.first_delay = 0.0
+        server._sweeper.stop()  # the thread started by the constructor: replaced below
+        server._sweeper._stopped = threading.Event()
+        server._sweeper._pid = None
+        server._sweeper.ensure_running()
+        assert holding.wait(10)
+        threading.Timer(0.3, release.set).start()  # the sweep ends a little later
+        child = os.fork()
+        if child == 0:  # the child lives on, as a worker does, holding whatever it inherited
+            import time as child_time
+
+            child_time.sleep(3)
+            os._exit(0)
+        try:
+            assert server._sweep_guard.acquire(timeout=10)  # the sweep is over here
+            server._sweep_guard.release()
+            with FilesystemBackend(tmp_path).lock(SESSION_A, 1.0):
+                pass  # the session is free, though the child still lives
+        finally:
+            os.kill(child, 9)
+            os.waitpid(child, 0)
+    finally:
+        release.set()
+        server.close()
