@@ -34,6 +34,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -93,6 +94,15 @@ class RedisBackend:
         self._prefetched = threading.local()
         self._held_guard = threading.Lock()
         self._renewer: threading.Thread | None = None
+        _LIVE.add(self)
+
+    def _reset_threads(self) -> None:
+        """No lock of the parent is held in a forked child, and no renewer thread runs there:
+        the child starts afresh (redis-py renews its own connections after a fork)."""
+        self._held = {}
+        self._prefetched = threading.local()
+        self._held_guard = threading.Lock()
+        self._renewer = None
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -241,6 +251,17 @@ class RedisBackend:
             members = list(self.client.sscan_iter(self._key("sessions"), count=1000))
         for member in members:
             yield _text(member)
+
+
+_LIVE: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
+
+
+def _reset_in_child() -> None:
+    for backend in list(_LIVE):
+        backend._reset_threads()
+
+
+os.register_at_fork(after_in_child=_reset_in_child)
 
 
 def _encode(record: SessionRecord) -> str:

@@ -43,10 +43,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import shutil
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -105,18 +106,22 @@ class S3Store:
         *,
         prefix: str = "",
         client: Any = None,
+        client_factory: Callable[[], Any] | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         spool_dir: str | None = None,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} (S3's minimum part)")
+        if client is not None and client_factory is not None:
+            raise ValueError("pass client or client_factory, not both")
         if prefix and not prefix.endswith("/"):
             prefix += "/"
+        self._factory: Callable[[], Any] | None = None
         if client is None:
-            import boto3
-
-            client = boto3.client("s3")
-        self.client = client
+            self._factory = client_factory or _boto3_client
+            client = self._factory()
+        self._client = client
+        self._client_pid = os.getpid()
         self.bucket = bucket
         self.prefix = prefix
         self.part_size = part_size
@@ -124,6 +129,20 @@ class S3Store:
         # Upload ids never change and session ids are never reused: safe to keep, a bounded
         # number of them (a process lives through millions of sessions).
         self._uploads: OrderedDict[str, _Upload] = OrderedDict()
+
+    @property
+    def client(self) -> Any:
+        """The S3 client. One the store made is made anew in a forked child (a WSGI server's
+        worker): boto3 clients and their connections must not cross a fork. An injected client
+        is the caller's to make after the fork (or pass ``client_factory``)."""
+        if self._factory is not None and self._client_pid != os.getpid():
+            self._client = self._factory()
+            self._client_pid = os.getpid()
+        return self._client
+
+    @client.setter
+    def client(self, client: Any) -> None:
+        self._client, self._factory = client, None
 
     # -- names --------------------------------------------------------------------------------
 
@@ -432,6 +451,12 @@ class S3Store:
             for page in self._pages("list_objects_v2", Prefix=self._session_prefix(session_id))
             for item in page.get("Contents", [])
         ]
+
+
+def _boto3_client() -> Any:
+    import boto3
+
+    return boto3.client("s3")
 
 
 def _session_of(head: dict[str, Any]) -> str:

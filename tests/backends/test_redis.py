@@ -193,3 +193,30 @@ def test_cleanup_command_against_redis(
     assert main(["sessions", str(uploads), *arguments, "--json"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert main(["cleanup", str(uploads), "--data-dir", str(shared)]) == 2  # needs --backend
+
+
+def test_a_forked_worker_starts_without_the_parents_lock_state(
+    redis_url: str, tmp_path: Path, prefix: str
+) -> None:
+    """A fork while the renewer held the backend's internal guard must not leave the child's
+    guard locked forever (every lock() would hang)."""
+    store = backend(redis_url, tmp_path / "shared", prefix)
+    with store.lock(SESSION_A, 1.0), store._held_guard:  # as if the renewer were copying
+        child = os.fork()
+        if child == 0:
+            try:
+                with store.lock("C85B4E0A-9EB9-4114-BFA4-8A43B4710091", 2.0):
+                    os._exit(0)
+            finally:
+                os._exit(1)
+    deadline = time.monotonic() + 20
+    while True:
+        done, status = os.waitpid(child, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(child, 9)
+            os.waitpid(child, 0)
+            raise AssertionError("the child hung on the parent's guard")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -366,3 +366,26 @@ def test_cleanup_command_aborts_expired_uploads_in_s3(
     assert uploads_in_progress(client, bucket) == [f"fleet/{live}.bin"]
     assert all(old not in key for key in objects(client, bucket))
     assert backend.data_size(live) == len(b"staged bytes")
+
+
+def test_a_forked_worker_gets_its_own_s3_client(client: Any, bucket: str) -> None:
+    """boto3 clients must not cross a fork (gunicorn builds the app, then forks workers)."""
+    made: list[int] = []
+
+    def factory() -> Any:
+        made.append(os.getpid())
+        return client
+
+    store = S3Store(bucket, client_factory=factory, part_size=PART)
+    assert store.client is client and made == [os.getpid()]
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        store.client  # noqa: B018 - the property makes the child's client
+        os.write(write, b"ok" if made[-1] == os.getpid() and len(made) == 2 else b"no")
+        os._exit(0)
+    os.close(write)
+    assert os.read(read, 2) == b"ok"
+    os.close(read)
+    os.waitpid(child, 0)
+    assert made == [os.getpid()]  # the parent kept its own
