@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import dataclass, fields
 
 log = logging.getLogger("bits_wsgi")
 
 #: Client-chosen values are cut to this many characters in the log.
 MAX_FIELD = 120
+#: Printable ASCII but the quote and the backslash: written as it is.
+_PLAIN = re.compile(r"[!#-\[\]-~]+")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,13 +58,14 @@ class PacketRecord:
         return " ".join(f"{key}={value}" for key, value in fields)
 
     def log(self) -> None:
-        log.info(self.message(), extra={"bits": asdict(self)})
+        log.info(self.message(), extra={"bits": {name: getattr(self, name) for name in _FIELDS}})
+
+
+_FIELDS = tuple(field.name for field in fields(PacketRecord))
 
 
 def _value(text: str) -> str:
     text = text[:MAX_FIELD]
     if not text:
         return "-"
-    if all("!" <= char <= "~" for char in text) and '"' not in text and "\\" not in text:
-        return text
-    return json.dumps(text)
+    return text if _PLAIN.fullmatch(text) else json.dumps(text)
