@@ -73,15 +73,16 @@ def pass_through_overhead(root: Path) -> tuple[float, float]:
     return (min(bare_runs) / number * 1e6, min(through_runs) / number * 1e6)
 
 
-def populate(root: Path, count: int) -> None:
+def populate(root: Path, count: int, *, owners: bool = False) -> None:
+    """``count`` idle sessions, of one anonymous owner or (``owners``) each of its own."""
     backend = FilesystemBackend(root)
     now = time.time()
-    for _ in range(count):
+    for number in range(count):
         key = str(uuid.uuid4()).upper()
         backend.create(
             SessionRecord(
                 id=key,
-                owner="",
+                owner=f"user{number}" if owners else "",
                 destination=f"idle/{key}.bin",
                 url="http://h/x",
                 state=SessionState.RECEIVING,
@@ -93,7 +94,8 @@ def populate(root: Path, count: int) -> None:
 
 def fragment_latency(root: Path, fragments: int = 300, size: int = 64 * 1024) -> float:
     """Median microseconds to handle one 64 KiB fragment of a fresh session."""
-    app = BITSMiddleware(plain_app, root, session_limit=None)
+    # no caps: the root holds more idle sessions than the default max_sessions on purpose
+    app = BITSMiddleware(plain_app, root, session_limit=None, max_sessions=None)
     captured: dict[str, Any] = {}
 
     def keep(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
@@ -125,6 +127,23 @@ def fragment_latency(root: Path, fragments: int = 300, size: int = 64 * 1024) ->
         )
         began = time.perf_counter()
         app(env, keep)
+        timings.append(time.perf_counter() - began)
+    return statistics.median(timings) * 1e6
+
+
+def create_latency(root: Path, max_sessions: int | None, creates: int = 300) -> float:
+    """Median microseconds of a Create-Session, with the global cap on (never reached) or off."""
+    app = BITSMiddleware(plain_app, root, session_limit=None, max_sessions=max_sessions)
+    timings = []
+    for _ in range(creates):
+        env = environ(
+            "BITS_POST",
+            f"/created/{uuid.uuid4().hex}.bin",
+            BITS_PACKET_TYPE="Create-Session",
+            BITS_SUPPORTED_PROTOCOLS=PROTOCOL_GUID,
+        )
+        began = time.perf_counter()
+        app(env, start_response)
         timings.append(time.perf_counter() - began)
     return statistics.median(timings) * 1e6
 
@@ -169,6 +188,18 @@ def main() -> None:
         print(
             f"64 KiB fragment latency: {small:.0f} us with 10 sessions, {large:.0f} us with "
             f"{args.sessions} ({large / small:.2f}x)"
+        )
+
+        owners = base / "owners"
+        populate(owners, args.sessions, owners=True)
+        rounds: dict[str, list[float]] = {}
+        for _ in range(3):  # interleaved rounds
+            for name, cap in (("off", None), ("on", 10**9)):
+                rounds.setdefault(name, []).append(create_latency(owners, cap))
+        off, on = statistics.median(rounds["off"]), statistics.median(rounds["on"])
+        print(
+            f"Create-Session with {args.sessions} sessions of as many owners: {off:.0f} us "
+            f"without the global cap, {on:.0f} us with it ({on / off:.2f}x)"
         )
 
         for count in (args.sessions // 10, args.sessions):

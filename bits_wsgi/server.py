@@ -57,6 +57,7 @@ from .protocol import (
     normalise_session_id,
 )
 from .session import FragmentAction, SessionRecord, SessionState, is_expired, plan_fragment
+from .session_cap import SessionCap
 from .sweeper import Sweeper
 
 log = logging.getLogger("bits_wsgi")
@@ -120,6 +121,11 @@ class UploadServer:
         self._hashes_guard = threading.Lock()
         self._clock = clock
         self._sweep_guard = threading.Lock()
+        self.session_cap: SessionCap | None = None
+        if directory.max_sessions:
+            self.session_cap = SessionCap(
+                directory.max_sessions, self.backend.active_count, self._sweep_for_cap
+            )
         self._sweeper: Sweeper | None = None
         if sweep_interval is not None:
             self._sweeper = Sweeper(
@@ -175,7 +181,7 @@ class UploadServer:
         limit = settings.session_limit
         if limit and self._count_live_sessions(request.identity) >= limit:
             raise ServiceUnavailable(f"session limit reached for {request.identity!r}")
-        if settings.max_sessions and self._at_session_cap(settings.max_sessions):
+        if self.session_cap is not None and self.session_cap.reached():
             raise ServiceUnavailable(f"{settings.max_sessions} sessions open: the server is full")
         now = self._clock()
         record = SessionRecord(
@@ -217,17 +223,17 @@ class UploadServer:
             live += 1
         return live
 
-    def _at_session_cap(self, cap: int) -> bool:
-        """Whether ``cap`` sessions are open; at the cap, expired ones are swept out first
-        (by one thread at a time: the others count what is there)."""
-        if self.backend.active_count() < cap:
-            return False
+    def _released(self) -> None:
+        if self.session_cap is not None:
+            self.session_cap.released()
+
+    def _sweep_for_cap(self) -> None:
+        """At the global cap, expired sessions make room first (one thread at a time)."""
         if self._sweep_guard.acquire(blocking=False):
             try:
                 self.sweep()
             finally:
                 self._sweep_guard.release()
-        return self.backend.active_count() >= cap
 
     # -- Fragment, Close-Session, Cancel-Session (§3.3–§3.5, §6) -------------------------------
 
@@ -291,6 +297,7 @@ class UploadServer:
         self._forget_hash(record.id)
         log.info("session %s: expired (%s)", format_session_id(record.id), record.state.value)
         if not record.state.is_tombstone:
+            self._released()
             self._emit("session_expired", record)
         return True
 
@@ -564,6 +571,8 @@ class UploadServer:
         # The record is written first: a crash in between leaves a tombstone whose data a
         # sweep can remove, never a live session with its data gone.
         self.backend.save(record.tombstone(state, self._clock()), durable=True)
+        if not record.state.is_tombstone:
+            self._released()
         self.backend.discard_data(record.id)
         self._forget_hash(record.id)
         log.info("session %s: %s", format_session_id(record.id), state.value)

@@ -17,6 +17,7 @@ ALLOWED = {
     "config": {"protocol", "notify"},
     "events": set(),
     "sweeper": set(),
+    "session_cap": set(),
     "observe": set(),
     "metrics": {"events", "observe"},
     "notify": {"errors"},
