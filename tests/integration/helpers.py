@@ -82,7 +82,17 @@ class Server:
             self.signal(signal.SIGKILL)
             return self.process.wait(timeout)
 
-    def worker_pids(self) -> list[int]:
+    def worker_pids(self, expected: int = 1) -> list[int]:
+        """The server's child processes, once ``expected`` of them exist: the port opens
+        before the master has forked its workers."""
+        for _ in range(600):
+            children = self._children()
+            if len(children) >= expected:
+                return children
+            time.sleep(0.05)
+        return children
+
+    def _children(self) -> list[int]:
         children = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
