@@ -210,7 +210,7 @@ class S3Store:
                 if written:
                     self._put_chunk(session_id, offset, spool.read())
             else:
-                self._fill_parts(session_id, upload, state, spool, written)
+                self._fill_parts(session_id, upload, state, spool)
         return written
 
     def _cut(self, session_id: str, state: _State, offset: int) -> _State:
@@ -230,7 +230,7 @@ class S3Store:
         return _State(state.parts, state.uploaded, kept)
 
     def _fill_parts(
-        self, session_id: str, upload: _Upload, state: _State, spool: IO[bytes], written: int
+        self, session_id: str, upload: _Upload, state: _State, spool: IO[bytes]
     ) -> None:
         """The chain and the new bytes make at least one whole part: store the rest as the chunk
         where the parts will end, upload the parts in order, then delete what they consumed."""
