@@ -112,7 +112,13 @@ def test_make_serve_takes_a_50_mb_upload_in_1_mib_fragments(tmp_path: Path) -> N
 
 @BOTH_SERVERS
 def test_server_memory_is_flat_in_upload_size(tmp_path: Path, server_kind: str) -> None:
-    """Peak RSS of the worker after 32 MiB and after 288 MiB, in 13 MiB fragments."""
+    """Peak RSS of the worker after 288 MiB and after 544 MiB, in 13 MiB fragments.
+
+    The first 288 MiB are the warm-up: a worker touches memory once for good as its second
+    thread, its malloc arenas and its lazily mapped code come into use (up to ~9 MiB seen in CI
+    when that happened during the measured upload); growth with the upload's size would show
+    in the second 256 MiB as well.
+    """
     root, log = tmp_path / "root", tmp_path / "server.log"
     fragment = 13 * MiB
     block = os.urandom(fragment)
@@ -128,12 +134,13 @@ def test_server_memory_is_flat_in_upload_size(tmp_path: Path, server_kind: str) 
             assert client.close().status == 200
 
         upload("small.bin", 32 * MiB)
-        after_small = status_kib(worker, "VmHWM")
+        upload("warm.bin", 256 * MiB)
+        after_warm_up = status_kib(worker, "VmHWM")
         upload("large.bin", 256 * MiB)
         after_large = status_kib(worker, "VmHWM")
     assert (root / "large.bin").stat().st_size == 256 * MiB
-    growth_mib = (after_large - after_small) / 1024
-    assert growth_mib < 8, f"peak RSS grew by {growth_mib:.1f} MiB for 8x the bytes"
+    growth_mib = (after_large - after_warm_up) / 1024
+    assert growth_mib < 8, f"peak RSS grew by {growth_mib:.1f} MiB for 256 MiB more"
 
 
 @BOTH_SERVERS
