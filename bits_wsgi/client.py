@@ -24,12 +24,13 @@ import http.client
 import json
 import os
 import random
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from .protocol import PROTOCOL_GUID
 
@@ -37,6 +38,10 @@ MIN_FRAGMENT = 5 * 1024
 DEFAULT_FRAGMENT = 1024 * 1024
 MAX_FRAGMENT = 8 * 1024 * 1024
 SESSION_NOT_FOUND = "0x8020001F"
+#: Fragment Acks in a row that may acknowledge no progress before the client gives up.
+STALL_LIMIT = 16
+#: The largest reply the client downloads.
+MAX_REPLY_SIZE = 1024 * 1024 * 1024
 
 
 class UploadError(Exception):
@@ -74,8 +79,13 @@ class _Ack:
 
     @property
     def received(self) -> int | None:
+        """The Ack's offset; a value that is not ASCII digits is the server's protocol error."""
         value = self.get("BITS-Received-Content-Range")
-        return int(value) if value is not None and value.isdigit() else None
+        if value is None:
+            return None
+        if not (value.isascii() and value.isdigit()):
+            raise UploadError(f"invalid BITS-Received-Content-Range {value[:40]!r}")
+        return int(value)
 
     @property
     def error(self) -> str:
@@ -98,10 +108,16 @@ class UploadClient:
         state_file: str | os.PathLike[str] | None = None,
         progress: Callable[[Progress], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        stall_limit: int = STALL_LIMIT,
+        max_reply_size: int = MAX_REPLY_SIZE,
     ) -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
+        try:
+            parts.port  # noqa: B018 - urllib checks the port only when asked
+        except ValueError as exc:
+            raise ValueError(f"invalid URL {url!r}: {exc}") from None
         self.url = url
         self._origin = parts
         self._host = parts.netloc
@@ -119,6 +135,8 @@ class UploadClient:
         self.state_file = Path(state_file) if state_file is not None else None
         self._progress = progress
         self._sleep = sleep
+        self.stall_limit = stall_limit
+        self.max_reply_size = max_reply_size
         self._connection: http.client.HTTPConnection | None = None
         self._host_id: str | None = None
         self._host_id_deadline = 0.0
@@ -202,6 +220,7 @@ class UploadClient:
             ack = self._fragment(session_id, b"", 0, 0)
             return self._check_fragment(ack, 0, 0)
         first_offset = offset
+        stalls = 0
         while True:
             length = min(self.fragment_size, total - offset)
             body = os.pread(data.fileno(), length, offset)
@@ -217,6 +236,12 @@ class UploadClient:
                 continue
             received = self._check_fragment(ack, offset, total).received
             assert received is not None
+            stalls = stalls + 1 if received <= offset else 0
+            if stalls >= self.stall_limit:
+                raise UploadError(
+                    f"the server acknowledged no progress {stalls} times in a row "
+                    f"(stuck at byte {received} of {total})"
+                )
             if ack.status == 200 and received == offset + length and length == self.fragment_size:
                 self.fragment_size = min(self.max_fragment_size, self.fragment_size * 2)
             offset = received
@@ -265,6 +290,7 @@ class UploadClient:
                 return ack
             except (_Transient, OSError, http.client.HTTPException) as exc:
                 self._drop_connection()
+                _raise_if_final(exc)
                 now = time.monotonic()
                 failing_since = failing_since or now
                 if self._host_id and now - failing_since > self._host_id_deadline:
@@ -309,32 +335,46 @@ class UploadClient:
     # -- upload-reply ----------------------------------------------------------------------------
 
     def _download(self, url: str, target: Path) -> None:
-        """GET the reply into ``target``, resuming with a Range after a broken connection."""
+        """GET the reply into ``target``, resuming with a Range after a broken connection.
+
+        A partial file is resumed only with ``If-Range`` and the ETag the server gave for it
+        (kept beside it), so bytes of another reply never join this one; without a proof of the
+        same entity the download starts over. Credentials go only to the upload's own origin.
+        """
         parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UploadError(f"the server named an invalid reply URL {url[:200]!r}")
         cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         path = urlunsplit(("", "", parts.path, parts.query, ""))
         partial = target.with_name(target.name + ".part")
+        proof = target.with_name(target.name + ".part.etag")
+        etag = _read_proof(proof, url)
+        if etag is None:
+            _remove(partial)
         delay = self.backoff
         for attempt in range(self.retries + 1):
             have = partial.stat().st_size if partial.exists() else 0
-            headers = {"Range": f"bytes={have}-"} if have else {}
-            if self._auth:
+            headers = {"Range": f"bytes={have}-", "If-Range": etag} if have and etag else {}
+            if self._auth and self._same_origin(parts):
                 headers["Authorization"] = self._auth
             connection = cls(parts.netloc, timeout=self.timeout)
             try:
                 connection.request("GET", path, headers=headers)
                 response = connection.getresponse()
-                if response.status == 416 and have:
-                    response.read()
-                    break  # everything is here already
-                if response.status not in (200, 206):
+                resumed = response.status == 206 and _starts_at(response, have)
+                if response.status == 416 or (response.status == 206 and not resumed):
+                    response.read()  # not "done": the stored part is not this reply's
+                    _remove(partial)
+                    etag = None
+                    raise _Transient(f"reply download answered {response.status}, starting over")
+                if response.status != 200 and not resumed:
                     raise UploadError(f"reply download failed: {response.status}")
-                mode = "ab" if response.status == 206 else "wb"
-                with open(partial, mode) as out:
-                    while block := response.read(1024 * 1024):
-                        out.write(block)
+                etag = response.getheader("ETag")
+                _write_proof(proof, url, etag)
+                self._receive_reply(response, partial, have if resumed else 0)
                 break
-            except (OSError, http.client.HTTPException) as exc:
+            except (_Transient, OSError, http.client.HTTPException) as exc:
+                _raise_if_final(exc)
                 if attempt == self.retries:
                     raise UploadError(f"reply download failed: {exc}") from exc
                 self._sleep(min(self.max_backoff, delay))
@@ -342,6 +382,29 @@ class UploadClient:
             finally:
                 connection.close()
         os.replace(partial, target)
+        _remove(proof)
+
+    def _receive_reply(self, response: http.client.HTTPResponse, partial: Path, have: int) -> None:
+        length = response.getheader("Content-Length")
+        if length is not None and length.isdigit() and have + int(length) > self.max_reply_size:
+            raise UploadError(f"the reply is larger than {self.max_reply_size} bytes")
+        size = have
+        with open(partial, "ab" if have else "wb") as out:
+            while block := response.read(1024 * 1024):
+                size += len(block)
+                if size > self.max_reply_size:
+                    raise UploadError(f"the reply is larger than {self.max_reply_size} bytes")
+                out.write(block)
+
+    def _same_origin(self, parts: SplitResult) -> bool:
+        """The origin the user named (scheme, host, port), or the host a Host-Id moved the
+        session to (the protocol's own move, with the same scheme and port)."""
+        if parts.scheme != self._origin.scheme:
+            return False  # never to another scheme, so never after a downgrade to http
+        hosts = {_host_port(self._origin.scheme, self._origin.netloc)}
+        if self._host_id:
+            hosts.add(_host_port(self._origin.scheme, self._host))
+        return _host_port(parts.scheme, parts.netloc) in hosts
 
     # -- state and progress ----------------------------------------------------------------------
 
@@ -394,11 +457,60 @@ class UploadClient:
             self._progress(Progress(sent=offset, total=total, rate=sent_now / elapsed))
 
 
+def _raise_if_final(exc: Exception) -> None:
+    """Errors no retry can fix end the upload at once, with what went wrong."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        raise UploadError(f"the server's TLS certificate does not verify: {exc}") from exc
+    if isinstance(exc, http.client.InvalidURL):
+        raise UploadError(f"invalid URL: {exc}") from exc
+
+
+def _host_port(scheme: str, netloc: str) -> tuple[str, int]:
+    parts = urlsplit(f"{scheme}://{netloc}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    return (parts.hostname or "", port or (443 if scheme == "https" else 80))
+
+
+def _starts_at(response: http.client.HTTPResponse, offset: int) -> bool:
+    """Whether a 206 continues the partial file: its range starts where the file ends."""
+    content_range = response.getheader("Content-Range") or ""
+    unit, _, rest = content_range.partition(" ")
+    start = rest.partition("-")[0]
+    return unit == "bytes" and start.isascii() and start.isdigit() and int(start) == offset
+
+
+def _read_proof(proof: Path, url: str) -> str | None:
+    """The ETag of the partial reply, if it was saved for this very URL."""
+    try:
+        saved = json.loads(proof.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("url") != url:
+        return None
+    etag = saved.get("etag")
+    return etag if isinstance(etag, str) and etag else None
+
+
+def _write_proof(proof: Path, url: str, etag: str | None) -> None:
+    if etag is None:
+        _remove(proof)
+        return
+    proof.write_text(json.dumps({"url": url, "etag": etag}))
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
 def _is_transient(packet_type: str, ack: _Ack) -> bool:
     """How Windows classifies an answer (PROTOCOL.md §5.2): retry later, or give up."""
     status = ack.status
     if ack.get("BITS-Packet-Type") != "Ack":  # a proxy's error page, not the server's Ack
-        return status >= 500 or status in (408, 429)
+        return status >= 500 or status in (408, 409)
     if status in (503, 504) or ack.error == "0x80070070":  # busy, or the disk may free up
         return True
     if ack.get("BITS-Error-Context") == "0x7":  # the server application failed

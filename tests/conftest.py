@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import webtest
+from werkzeug.serving import make_server
 from werkzeug.test import EnvironBuilder
 
 from bits_wsgi import BITSMiddleware
@@ -15,6 +18,8 @@ from bits_wsgi.protocol import PROTOCOL_GUID
 
 from .redis_server import redis_url  # noqa: F401 - a session fixture for every test module
 from .s3_server import s3_endpoint  # noqa: F401 - a session fixture for every test module
+
+WSGI = Callable[[dict[str, Any], Callable[..., Any]], Any]
 
 
 def fallback_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -130,3 +135,28 @@ def make_client(upload_dir: Path) -> Callable[..., BitsClient]:
         return BitsClient(app, path=path, user=user)
 
     return make
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[WSGI], int]]:
+    servers = []
+
+    def start(app: WSGI) -> int:
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        return int(server.server_port)
+
+    yield start
+    for server, thread in servers:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    path = tmp_path / "source.bin"
+    path.write_bytes(os.urandom(3 * 1024 * 1024 + 99))
+    return path

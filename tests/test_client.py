@@ -5,22 +5,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from werkzeug.serving import make_server
 
 from bits_wsgi import BasicAuth, BITSMiddleware
 from bits_wsgi.client import Progress, UploadClient, UploadError
 from bits_wsgi.progress import ProgressPrinter, describe
 
-from .conftest import fallback_app
-
-WSGI = Callable[[dict[str, Any], Callable[..., Any]], Any]
+from .conftest import WSGI, fallback_app
 
 
 class Recorder:
@@ -57,37 +52,12 @@ class Recorder:
         return [r["range"] for r in self.requests if r["packet"] == "Fragment"]
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[[WSGI], int]]:
-    servers = []
-
-    def start(app: WSGI) -> int:
-        server = make_server("127.0.0.1", 0, app, threaded=True)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        return int(server.server_port)
-
-    yield start
-    for server, thread in servers:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
-
-
 def no_sleep(seconds: float) -> None:
     del seconds
 
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def source(tmp_path: Path) -> Path:
-    path = tmp_path / "source.bin"
-    path.write_bytes(os.urandom(3 * 1024 * 1024 + 99))
-    return path
 
 
 def test_upload_is_byte_exact_and_fragments_grow(
