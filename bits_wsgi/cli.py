@@ -24,6 +24,7 @@ from .client import DEFAULT_FRAGMENT, UploadClient, UploadError
 from .config import DEFAULT_MAX_FRAGMENT_SIZE, DEFAULT_SESSION_TIMEOUT, UploadDirectory
 from .errors import CorruptRecord
 from .middleware import BITSMiddleware
+from .observe import client_text
 from .progress import ProgressPrinter
 from .protocol import format_session_id
 from .server import UploadServer
@@ -385,10 +386,12 @@ def _sessions(args: argparse.Namespace) -> int:
         received = f"{row.get('received', '-')}/{total}"
         idle = row.get("idle_seconds")
         idle_text = "-" if idle is None else f"{idle}s"
+        # Owners and destinations are client text: escaped before they reach a terminal.
+        owner = client_text(str(row.get("owner") or ""))
         print(
-            f"{row['id']!s:40} {str(row.get('owner') or '-')[:12]:12} {row['state']!s:14} "
+            f"{client_text(str(row['id']))!s:40} {owner[:12]:12} {row['state']!s:14} "
             f"{received:>23} {idle_text:>9}  "
-            f"{row.get('destination', '-')}"
+            f"{client_text(str(row.get('destination') or ''))}"
         )
     return 0
 

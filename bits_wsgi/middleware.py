@@ -111,6 +111,7 @@ class BITSMiddleware:
         prefixes = [d.prefix for d in configured]
         if len(set(prefixes)) != len(prefixes):
             raise ValueError(f"duplicate upload prefixes: {prefixes}")
+        _check_roots(configured)
         if backend is not None and len(configured) != 1:
             raise ValueError("a backend instance serves exactly one upload directory")
         #: hooks the application registers: ``@middleware.events.on_upload_complete`` ...
@@ -289,6 +290,33 @@ class BITSMiddleware:
         return str(name) if name else ""
 
 
+def _check_roots(directories: Sequence[UploadDirectory]) -> None:
+    """Roots may nest only as their prefixes do (IIS's nested virtual directories).
+
+    Otherwise clients of the outer directory could write into the inner one's state area, or
+    put a file where the inner one keeps it, and lock that directory out.
+    """
+    real = [(Path(os.path.realpath(d.upload_dir)), d) for d in directories]
+    for outer_root, outer in real:
+        for inner_root, inner in real:
+            if inner is outer or not inner_root.is_relative_to(outer_root):
+                continue
+            below = inner_root.relative_to(outer_root).parts
+            matching_prefix = f"{outer.prefix}{'/'.join(below)}/"
+            if (
+                below
+                and below[0].casefold() != paths.STATE_DIR_NAME.casefold()
+                and inner.prefix == matching_prefix
+            ):
+                continue  # /up/ -> R and /up/private/ -> R/private: every request routes right
+            raise ValueError(
+                f"upload directory {inner.upload_dir} (prefix {inner.prefix}) lies inside "
+                f"{outer.upload_dir} (prefix {outer.prefix}) while its prefix is not "
+                f"{matching_prefix}: clients of {outer.prefix} could write into its files and "
+                "state; give each upload directory a root of its own"
+            )
+
+
 def _single_range_only(environ: WSGIEnvironment) -> WSGIEnvironment:
     """Several ranges, or a Range header that does not parse, get the whole reply (§7.5)."""
     value = environ.get("HTTP_RANGE")
@@ -305,10 +333,19 @@ def _overrides_to_bits(environ: WSGIEnvironment) -> bool:
 
 
 def _echo_session_id(ack: Ack, envelope: Envelope | None, headers: EnvironHeaders) -> Ack:
-    """D5: Fragment, Close and Cancel Acks echo the request's session id, errors included."""
-    if ack.session_id is not None or envelope is None:
+    """D5: Fragment, Close and Cancel Acks echo the request's session id, errors included:
+    also when the envelope itself was refused (a gzip body, a Close with a body), so the packet
+    type is read from its header when there is no envelope."""
+    if ack.session_id is not None:
         return ack
-    if not envelope.packet_type.carries_session_id:
+    if envelope is not None:
+        packet_type = envelope.packet_type
+    else:
+        try:
+            packet_type = PacketType.parse(headers.get("BITS-Packet-Type"))
+        except BITSError:
+            return ack
+    if not packet_type.carries_session_id:
         return ack
     raw = headers.get("BITS-Session-Id")
     if not raw or len(raw) > MAX_HEADER_VALUE or not (raw.isascii() and raw.isprintable()):

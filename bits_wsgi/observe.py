@@ -65,7 +65,14 @@ _FIELDS = tuple(field.name for field in fields(PacketRecord))
 
 
 def _value(text: str) -> str:
-    text = text[:MAX_FIELD]
+    return client_text(text, MAX_FIELD)
+
+
+def client_text(text: str, limit: int | None = None) -> str:
+    """Client-chosen text as it may reach a log line or a terminal (PROTOCOL.md §9.3): as it is
+    when plain printable ASCII, else a JSON string, whose escapes leave no control character,
+    line or paragraph separator, or bidirectional override in the output."""
+    text = text[:limit]
     if not text:
         return "-"
     return text if _PLAIN.fullmatch(text) else json.dumps(text)

@@ -7,8 +7,12 @@ symlinks are followed and the result must stay inside the root and outside the s
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import unicodedata
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +78,10 @@ def resolve_destination(root: Path, key: str) -> Path:
     existing directory, or if something on the way is not a directory. Creates nothing.
     """
     real_root = Path(os.path.realpath(root))
-    candidate = Path(os.path.realpath(real_root.joinpath(*key.split("/"))))
+    try:
+        candidate = Path(os.path.realpath(real_root.joinpath(*key.split("/"))))
+    except OSError as exc:  # a link swapped for a folder while it was being read (EINVAL)
+        raise InvalidRequest("the destination's path changed while it was checked") from exc
     if not candidate.is_relative_to(real_root) or candidate == real_root:
         raise InvalidRequest("destination resolves outside the upload root")
     if candidate.is_relative_to(Path(os.path.realpath(state_dir(real_root)))):
@@ -87,6 +94,44 @@ def resolve_destination(root: Path, key: str) -> Path:
     if not ancestor.is_dir():
         raise InvalidRequest("destination path runs through a file")
     return candidate
+
+
+@contextlib.contextmanager
+def open_destination_parent(root: Path, key: str) -> Iterator[tuple[int, str]]:
+    """The destination's folder as a directory descriptor, and the file's name in it.
+
+    The path is checked as :func:`resolve_destination` does, then walked again from the root
+    one folder at a time, never following a link and creating what is missing. A folder
+    swapped for a symlink after the check (``renameat2(RENAME_EXCHANGE)`` by a local user) is
+    an error, not a way out of the root: the commit links into the very folder that was walked.
+    """
+    resolved = resolve_destination(root, key)
+    real_root = Path(os.path.realpath(root))
+    fd = os.open(real_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for segment in resolved.parent.relative_to(real_root).parts:
+            child = _open_child_dir(fd, segment)
+            os.close(fd)
+            fd = child
+        yield fd, resolved.name
+    finally:
+        os.close(fd)
+
+
+def _open_child_dir(parent: int, name: str) -> int:
+    """Open (creating if missing) the folder ``name`` below ``parent``, never through a link."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        try:
+            return os.open(name, flags, dir_fd=parent)
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o777, dir_fd=parent)
+            return os.open(name, flags, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise InvalidRequest("the destination's folder changed during the commit") from exc
+        raise
 
 
 def prepare_destination(root: Path, key: str) -> Path:
@@ -115,3 +160,7 @@ class Destination:
 
     def prepare(self) -> Path:
         return prepare_destination(self.root, self.key)
+
+    def open_parent(self) -> AbstractContextManager[tuple[int, str]]:
+        """(folder descriptor, file name) to publish into: see :func:`open_destination_parent`."""
+        return open_destination_parent(self.root, self.key)

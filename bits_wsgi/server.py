@@ -44,6 +44,7 @@ from .errors import (
 )
 from .events import EventKind, Events, SessionEvent
 from .notify import CallableTarget, HttpTarget, Target, Upload, deliver
+from .observe import client_text
 from .protocol import (
     PROTOCOL_GUID,
     Ack,
@@ -56,7 +57,15 @@ from .protocol import (
     format_session_id,
     normalise_session_id,
 )
-from .session import FragmentAction, SessionRecord, SessionState, is_expired, plan_fragment
+from .session import (
+    MAX_ACTIVITY_RESOLUTION,
+    FragmentAction,
+    SessionRecord,
+    SessionState,
+    activity_resolution,
+    is_expired,
+    plan_fragment,
+)
 from .session_cap import SessionCap
 from .sweeper import Sweeper
 
@@ -115,8 +124,8 @@ class UploadServer:
             raise ValueError("upload-reply mode needs a backend that keeps files on this host")
         self.events = events if events is not None else Events()
         # Activity is stored at this resolution, so that most fragments write no record at all
-        # (the offset is the data's length); expiry is measured in days, so a minute is nothing.
-        self._activity_resolution = min(60.0, directory.session_timeout / 100)
+        # (the offset is the data's length).
+        self._activity_resolution = activity_resolution(directory.session_timeout)
         self._hashes: OrderedDict[str, tuple[int, hashlib._Hash]] = OrderedDict()
         self._hashes_guard = threading.Lock()
         self._clock = clock
@@ -158,14 +167,14 @@ class UploadServer:
         except BITSError as error:
             return Ack.from_error(error)
         except BackendUnavailable as exc:
-            log.warning("backend unavailable: %s", exc)
+            log.warning("backend unavailable: %s", client_text(str(exc)))
             return Ack.from_error(ServiceUnavailable("backend unavailable"))
         except OSError as exc:
             if exc.errno not in _DISK_FULL_ERRNOS:
                 log.exception("internal error on %s", type(packet).__name__)
                 return Ack.from_error(InternalError())
             # A record or a new session's folder that found the disk full: as for the bytes.
-            log.error("disk full on %s: %s", type(packet).__name__, exc)
+            log.error("disk full on %s: %s", type(packet).__name__, client_text(str(exc)))
             return Ack.from_error(DiskFull("no space left"))
         except Exception:
             log.exception("internal error on %s", type(packet).__name__)
@@ -179,7 +188,9 @@ class UploadServer:
         if self.backend.destination_exists(destination) and not settings.allow_overwrites:
             raise AccessDenied(f"destination {request.destination} exists")
         limit = settings.session_limit
-        if limit and self._count_live_sessions(request.identity) >= limit:
+        # Anonymous clients are a fleet of different machines, not one identity: max_sessions
+        # bounds them (§9.1, D23), or the 51st machine of a fleet would wait for days.
+        if limit and request.identity and self._count_live_sessions(request.identity) >= limit:
             raise ServiceUnavailable(f"session limit reached for {request.identity!r}")
         if self.session_cap is not None and self.session_cap.reached():
             raise ServiceUnavailable(f"{settings.max_sessions} sessions open: the server is full")
@@ -280,7 +291,6 @@ class UploadServer:
         """§6.1 steps 3–5, under the lock."""
         record = self._load(session_id)
         if record is None:
-            self.backend.delete(session_id)  # drops the lock file an unknown id just created
             raise SessionNotFound(f"unknown session {session_id}")
         if self._expire_if_stale(record):
             raise SessionNotFound(f"session {session_id} expired")
@@ -290,8 +300,13 @@ class UploadServer:
 
     def _expire_if_stale(self, record: SessionRecord, timeout: float | None = None) -> bool:
         """D16: delete an idle session (no tombstone) or an old tombstone. Caller holds the lock."""
-        limit = self.directory.session_timeout if timeout is None else timeout
-        if not is_expired(record, self._clock(), limit):
+        # A sweep with its own threshold (cleanup --older-than) may run beside servers of any
+        # configuration: it allows for the coarsest resolution any of them stores activity at.
+        if timeout is None:
+            limit, resolution = self.directory.session_timeout, self._activity_resolution
+        else:
+            limit, resolution = timeout, MAX_ACTIVITY_RESOLUTION
+        if not is_expired(record, self._clock(), limit, resolution):
             return False
         self.backend.delete(record.id)
         self._forget_hash(record.id)
@@ -366,7 +381,7 @@ class UploadServer:
             "session %s: upload of %d bytes to %s complete%s",
             format_session_id(record.id),
             record.received,
-            record.destination,
+            client_text(record.destination),
             ", committed" if record.committed else "",
         )
         # A lost final record is recovered by the next final fragment: the commit is idempotent
@@ -415,7 +430,9 @@ class UploadServer:
         except BITSError as error:
             with contextlib.suppress(FileNotFoundError):
                 reply_path.unlink()
-            log.warning("session %s: notification failed: %s", upload.session_id, error)
+            log.warning(
+                "session %s: notification failed: %s", upload.session_id, client_text(str(error))
+            )
             raise
         if answer.static_url is not None:
             with contextlib.suppress(FileNotFoundError):

@@ -15,6 +15,8 @@ from .protocol import FragmentRange
 
 #: Tombstones outlive their session by at least a day, so a late Close or Cancel still gets 200.
 MIN_TOMBSTONE_RETENTION = 86_400
+#: The coarsest resolution any server stores activity at (see activity_resolution).
+MAX_ACTIVITY_RESOLUTION = 60.0
 
 
 class SessionState(enum.Enum):
@@ -113,12 +115,25 @@ def _optional_str(value: Any) -> str | None:
     return None if value is None else _typed(value, str)
 
 
-def is_expired(record: SessionRecord, now: float, session_timeout: float) -> bool:
-    """Idle longer than the timeout; a clock that went backwards counts as no idle time."""
+def activity_resolution(session_timeout: float) -> float:
+    """How stale a stored activity time may be: the server rewrites it at most this often, so
+    that most fragments write no record (expiry is measured in days; a minute is nothing)."""
+    return min(MAX_ACTIVITY_RESOLUTION, session_timeout / 100)
+
+
+def is_expired(
+    record: SessionRecord, now: float, session_timeout: float, resolution: float = 0.0
+) -> bool:
+    """Idle longer than the timeout; a clock that went backwards counts as no idle time.
+
+    An active session's stored activity can lag its last bytes by up to ``resolution``
+    seconds, so only idle time beyond that counts (§6.4, D23): no threshold, however small,
+    expires a session that received bytes less than ``session_timeout`` seconds ago.
+    """
     idle = max(0.0, now - record.last_activity)
     if record.state.is_tombstone:
         return idle > max(MIN_TOMBSTONE_RETENTION, session_timeout)
-    return idle > session_timeout
+    return idle - resolution > session_timeout
 
 
 class FragmentAction(enum.Enum):

@@ -269,6 +269,9 @@ class BackendContract:
     # -- locks --------------------------------------------------------------------------------
 
     def test_lock_excludes_another_thread(self, backend: Backend) -> None:
+        # Sessions that exist: a lock on an unknown one may exclude nothing (it holds nothing).
+        backend.create(new_record(SESSION_A))
+        backend.create(new_record(SESSION_B, owner="bob"))
         held, release = threading.Event(), threading.Event()
 
         def holder() -> None:

@@ -90,3 +90,25 @@ def test_passwords_are_compared_in_constant_time_for_every_name(
         client.ping(headers={"Authorization": basic(name, password)})
     assert len(compared) == len(attempts)
     assert all(len(given) == len(expected) for given, expected in compared[2:])
+
+
+def test_unknown_and_known_names_cost_the_same_whatever_the_lengths(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unknown name's stand-in comparison must not take the attempt's length (that length
+    then differs from a real password's): every comparison is of the same two lengths."""
+    import hmac
+
+    lengths: set[tuple[int, int]] = set()
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        lengths.add((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr("bits_wsgi.auth.hmac.compare_digest", spy)
+    client = BitsClient(make(upload_dir), path="/up/f.bin")
+    for name, password in [("alice", "s"), ("alice", "x" * 900), ("mallory", "y" * 700), ("", "")]:
+        assert client.ping(headers={"Authorization": basic(name, password)}).status_int == 401
+    assert client.ping(headers={"Authorization": basic("alice", "s3cret")}).status_int == 200
+    assert len(lengths) == 1

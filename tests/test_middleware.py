@@ -656,7 +656,7 @@ def test_session_limit_per_identity(make_client: Make, upload_dir: Path) -> None
 def test_expired_sessions_do_not_count_against_the_limit(
     make_client: Make, upload_dir: Path
 ) -> None:
-    client = make_client(session_limit=1, session_timeout=60)
+    client = make_client(user="alice", session_limit=1, session_timeout=60)
     client.create()
     assert client.create().status_int == 503
     _age_sessions(upload_dir, 61)

@@ -114,7 +114,8 @@ class DirectoryStore:
         data = self.data_path(session_id)
         if not data.exists():
             raise FileNotFoundError(str(data))
-        publish(data, destination.prepare(), overwrite=overwrite, tag=session_id)
+        with destination.open_parent() as (folder, name):
+            publish(data, folder, name, overwrite=overwrite, tag=session_id)
 
     def discard_data(self, session_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):

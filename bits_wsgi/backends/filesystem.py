@@ -101,10 +101,15 @@ class FilesystemBackend(DirectoryStore):
 
     @contextlib.contextmanager
     def lock(self, session_id: str, timeout: float) -> Iterator[None]:
+        """The session's flock. An unknown session has nothing to exclude (ids are uuid4: none
+        can be created meanwhile), so a probe with a random id creates no lock file."""
         path = f"{self._locks_str}/{{{session_id}}}.lock"
         deadline = time.monotonic() + timeout
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = self._open_lock_file(path, session_id)
+            if fd is None:
+                yield
+                return
             try:
                 _flock_until(fd, deadline)
                 # delete() unlinks lock files; a lock on an unlinked file excludes no one.
@@ -118,6 +123,14 @@ class FilesystemBackend(DirectoryStore):
             yield
         finally:
             os.close(fd)
+
+    def _open_lock_file(self, path: str, session_id: str) -> int | None:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if not os.path.isdir(f"{self._requests_str}/{{{session_id}}}"):
+                return None
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     # -- enumeration --------------------------------------------------------------------------
 

@@ -72,22 +72,23 @@ class MemoryBackend:
         data = self._data.get(session_id)
         if data is None:
             raise FileNotFoundError(session_id)
-        destination = target.prepare()
+        destination = target.resolve()
         if self._published.get(session_id) == destination and destination.exists():
             return  # already committed: commits are idempotent
-        fd, staged = tempfile.mkstemp(dir=destination.parent, prefix=f".{session_id}.")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            # mkstemp creates 0600; a committed upload is an ordinary, never executable file.
-            os.chmod(staged, 0o644)
-            publish(Path(staged), destination, overwrite=overwrite, tag=session_id)
-            self._published[session_id] = destination
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(staged)
+        with target.open_parent() as (folder, name):
+            fd, staged = tempfile.mkstemp(dir=f"/proc/self/fd/{folder}", prefix=f".{session_id}.")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                # mkstemp creates 0600; a committed upload is an ordinary, never executable file.
+                os.chmod(staged, 0o644)
+                publish(Path(staged), folder, name, overwrite=overwrite, tag=session_id)
+                self._published[session_id] = destination
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(staged)
 
     def discard_data(self, session_id: str) -> None:
         self._data.pop(session_id, None)
@@ -97,11 +98,16 @@ class MemoryBackend:
             self._records.pop(session_id, None)
             self._data.pop(session_id, None)
             self._published.pop(session_id, None)
+            self._locks.pop(session_id, None)
 
     @contextlib.contextmanager
     def lock(self, session_id: str, timeout: float) -> Iterator[None]:
         with self._guard:
-            lock = self._locks[session_id]
+            # An unknown session has nothing to exclude, and nothing is kept for it.
+            lock = self._locks[session_id] if session_id in self._records else None
+        if lock is None:
+            yield
+            return
         if not lock.acquire(timeout=timeout):
             raise LockTimeout("session is busy")
         try:

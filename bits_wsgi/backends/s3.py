@@ -51,12 +51,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from ..errors import BackendUnavailable, DestinationExists
+from ..errors import BackendUnavailable, DestinationExists, InvalidRequest
 from ..paths import STATE_DIR_NAME, Destination
 
 #: S3's smallest part (but the last) and its largest number of parts.
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PARTS = 10_000
+#: S3's longest object key.
+MAX_KEY_BYTES = 1024
 #: 8 MiB parts allow uploads of up to 78 GiB; raise ``part_size`` for more.
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 SESSION_METADATA = "bits-session"
@@ -294,7 +296,11 @@ class S3Store:
     # -- commit -------------------------------------------------------------------------------
 
     def destination_exists(self, destination: Destination) -> bool:
-        return self._head(self.object_key(destination.key)) is not None
+        key = self.object_key(destination.key)
+        if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+            # Refused at Create: a name that S3 could never store must not start a session.
+            raise InvalidRequest(f"destination key longer than {MAX_KEY_BYTES} bytes")
+        return self._head(key) is not None
 
     def commit(self, session_id: str, destination: Destination, *, overwrite: bool) -> None:
         upload = self._upload(session_id)

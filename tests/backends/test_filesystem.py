@@ -80,6 +80,7 @@ def _hold_lock(root: str, ready: multiprocessing.synchronize.Event, release_afte
 
 
 def test_lock_excludes_another_process(tmp_path: Path) -> None:
+    FilesystemBackend(tmp_path).create(new_record())  # an unknown session holds no lock file
     context = multiprocessing.get_context("spawn")
     ready = context.Event()
     child = context.Process(target=_hold_lock, args=(str(tmp_path), ready, 1.5))
@@ -116,6 +117,8 @@ def test_waiter_does_not_keep_a_lock_on_a_deleted_lock_file(tmp_path: Path) -> N
         thread.start()
         time.sleep(0.1)
         backend.delete(SESSION_A)
+        # The id exists again (a restored record): deleted, an unknown id excludes nothing.
+        backend.create(new_record())
     assert acquired.wait(5)
     # a third party now locking the same id must wait for the waiter, not run beside it
     with backend.lock(SESSION_A, 5.0):

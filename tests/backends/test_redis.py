@@ -220,3 +220,22 @@ def test_a_forked_worker_starts_without_the_parents_lock_state(
             raise AssertionError("the child hung on the parent's guard")
         time.sleep(0.05)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_probes_for_unknown_sessions_leave_no_key(
+    redis_url: str, tmp_path: Path, prefix: str
+) -> None:
+    """PROTOCOL.md §6.3 (D23): a Fragment, Close or Cancel with an id nobody created, or a lock
+    taken on one, leaves no key in Redis and no file in the shared directory."""
+    store = backend(redis_url, tmp_path / "shared", prefix)
+    client = BitsClient(BITSMiddleware(fallback_app, tmp_path / "uploads", backend=store))
+    assert client.create().status_int == 200
+    keys = set(store.client.keys(f"{prefix}:*"))
+    files = set((tmp_path / "shared").rglob("*"))
+    for number in range(10):
+        probe = f"{{{number:08X}-4144-45B3-BF27-27AFC8EC8A67}}"
+        assert client.fragment(b"x", 0, 1, session_id=probe).status_int == 500
+        assert client.close(probe).status_int == 500
+        assert client.cancel(probe).status_int == 500
+    assert set(store.client.keys(f"{prefix}:*")) == keys
+    assert set((tmp_path / "shared").rglob("*")) == files

@@ -389,3 +389,16 @@ def test_a_forked_worker_gets_its_own_s3_client(client: Any, bucket: str) -> Non
     os.close(read)
     os.waitpid(child, 0)
     assert made == [os.getpid()]  # the parent kept its own
+
+
+def test_a_key_s3_cannot_store_is_refused_at_create(
+    hosts: list[BitsClient], client: Any, bucket: str
+) -> None:
+    """Every name accepted at Create-Session can be committed (PROTOCOL.md §9.2, D23): S3 keys
+    end at 1,024 bytes, so a longer destination never starts a session."""
+    folders = "/dumps/" + "/".join(["d" * 200] * 5)  # the key: "fleet" + this + the name
+    assert len("fleet" + folders + "/f.bin") == 1022
+    refused = hosts[0].create(path=folders + "/ffff.bin")  # 1,025 bytes
+    assert error_of(refused)[:2] == (400, "0x80070057")
+    assert uploads_in_progress(client, bucket) == []
+    assert hosts[0].create(path=folders + "/fff.bin").status_int == 200  # 1,024 bytes
