@@ -68,6 +68,7 @@ from .session import (
 )
 from .session_cap import SessionCap
 from .sweeper import Sweeper
+from .tombstone_budget import TombstoneBudget
 
 log = logging.getLogger("bits_wsgi")
 
@@ -134,6 +135,11 @@ class UploadServer:
         if directory.max_sessions:
             self.session_cap = SessionCap(
                 directory.max_sessions, self.backend.active_count, self._sweep_for_cap
+            )
+        self.tombstone_budget: TombstoneBudget | None = None
+        if directory.max_sessions:
+            self.tombstone_budget = TombstoneBudget(
+                directory.max_sessions, self.backend.tombstone_count, self._remove_tombstones
             )
         self._sweeper: Sweeper | None = None
         if sweep_interval is not None:
@@ -590,6 +596,8 @@ class UploadServer:
         self.backend.save(record.tombstone(state, self._clock()), durable=True)
         if not record.state.is_tombstone:
             self._released()
+            if self.tombstone_budget is not None:
+                self.tombstone_budget.noted()
         self.backend.discard_data(record.id)
         self._forget_hash(record.id)
         log.info("session %s: %s", format_session_id(record.id), state.value)
@@ -632,6 +640,27 @@ class UploadServer:
                         removed += 1
             except LockTimeout:
                 continue
+        if self.tombstone_budget is not None:
+            removed += self.tombstone_budget.enforce()
+        return removed
+
+    def _remove_tombstones(self, excess: int) -> int:
+        """The oldest ``excess`` tombstones go (the budget, §6.3); a busy one is skipped."""
+        removed = 0
+        for session_id in self.backend.oldest_tombstones(excess):
+            try:
+                with self.backend.lock(session_id, 0):
+                    try:
+                        record = self.backend.load(session_id)
+                    except CorruptRecord:
+                        continue  # kept for an operator, as sweeps do
+                    if record is not None and record.state.is_tombstone:
+                        self.backend.delete(session_id)
+                        removed += 1
+            except LockTimeout:
+                continue
+        if removed:
+            log.info("tombstone budget: removed the %d oldest tombstones", removed)
         return removed
 
     def _timed_sweep(self) -> int:

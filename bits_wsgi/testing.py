@@ -266,6 +266,19 @@ class BackendContract:
         loaded = backend.load(SESSION_A)
         assert loaded is not None and loaded.state is SessionState.CLOSED
 
+    def test_tombstones_are_counted_and_listed_oldest_first(self, backend: Backend) -> None:
+        assert backend.tombstone_count() == 0
+        backend.create(new_record(SESSION_A, "alice"))
+        backend.create(new_record(SESSION_B, "bob"))
+        backend.save(new_record(SESSION_B, "bob").tombstone(SessionState.CLOSED, 3_000.0))
+        backend.save(new_record(SESSION_A).tombstone(SessionState.CANCELLED, 2_000.0))
+        assert backend.tombstone_count() == 2
+        assert backend.oldest_tombstones(5) == [SESSION_A, SESSION_B]
+        assert backend.oldest_tombstones(1) == [SESSION_A]
+        backend.delete(SESSION_A)
+        assert backend.tombstone_count() == 1
+        assert backend.oldest_tombstones(5) == [SESSION_B]
+
     # -- locks --------------------------------------------------------------------------------
 
     def test_lock_excludes_another_thread(self, backend: Backend) -> None:

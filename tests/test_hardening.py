@@ -290,3 +290,45 @@ def test_a_session_idle_past_threshold_and_resolution_is_swept(
     _age_record(upload_dir, 62)
     assert main(["cleanup", str(upload_dir), "--older-than", "1"]) == 0
     assert client.fragment(b"def", 3, 10).status_int == 500  # gone
+
+
+# -- §6.3: a Create/Cancel flood keeps the state area bounded by the caps -------------------------
+
+
+def test_a_create_cancel_flood_keeps_at_most_max_sessions_tombstones(
+    make_client: Callable[..., BitsClient], upload_dir: Path
+) -> None:
+    client = make_client(max_sessions=50)
+    state = upload_dir / "BITS-Sessions"
+    most = 0
+    for _ in range(300):
+        assert client.create().status_int == 200
+        assert client.cancel().status_int == 200
+        most = max(most, len(list((state / "Requests").iterdir())))
+    assert most <= 50
+    # a folder, a record, a lock file and a marker per tombstone, and the fixed folders
+    assert len(_files_below(state)) <= 4 * 50 + 10
+    # the newest tombstones are the ones kept: a repeated Cancel of the last session is a 200
+    assert client.cancel().status_int == 200
+
+
+def test_a_sweep_enforces_the_tombstone_budget(tmp_path: Path) -> None:
+    import time
+
+    from bits_wsgi import UploadDirectory
+    from bits_wsgi.backends.filesystem import FilesystemBackend
+    from bits_wsgi.server import UploadServer
+    from bits_wsgi.session import SessionState
+    from bits_wsgi.testing import new_record
+
+    backend = FilesystemBackend(tmp_path)
+    for number in range(30):  # left by an earlier run with a larger budget
+        record = new_record(f"A0FF5911-4144-45B3-BF27-{number:012d}")
+        backend.create(record)
+        backend.save(record.tombstone(SessionState.CLOSED, time.time() - 100 + number))
+    server = UploadServer(
+        UploadDirectory(upload_dir=tmp_path, max_sessions=20), backend, sweep_interval=None
+    )
+    assert server.sweep() == 12  # down to 90% of the budget, the oldest first
+    assert backend.tombstone_count() == 18
+    assert backend.oldest_tombstones(1) == ["A0FF5911-4144-45B3-BF27-000000000012"]

@@ -18,6 +18,7 @@ ALLOWED = {
     "events": set(),
     "sweeper": set(),
     "session_cap": set(),
+    "tombstone_budget": set(),
     "observe": set(),
     "metrics": {"events", "observe"},
     "notify": {"errors"},

@@ -81,6 +81,12 @@ class Backend(Protocol):
     def session_ids(self) -> Iterator[str]:
         """Every stored id, tombstones included, for sweeps."""
 
+    def tombstone_count(self) -> int:
+        """How many tombstones are stored (PROTOCOL.md §6.3: they have a budget)."""
+
+    def oldest_tombstones(self, limit: int) -> list[str]:
+        """Ids of up to ``limit`` tombstones, oldest first: the first to go past the budget."""
+
 
 class BlobStore(Protocol):
     """Where a backend that keeps its records elsewhere (Redis) keeps the upload bytes.

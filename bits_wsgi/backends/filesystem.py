@@ -8,6 +8,7 @@ Layout (IIS names where IIS has them)::
       Replies/{ID}/responsefile.bin   the server application's reply (upload-reply mode)
       Locks/{ID}.lock                 flock target, kept apart so it outlives the data
       Owners/<sha256 of owner>/{ID}   empty markers: the per-identity session count
+      Tombstones/<ms>-{ID}            empty markers, named by the tombstone's time: the budget
 
 Locks are ``fcntl.flock`` on a file opened anew for each acquisition, so they exclude threads of
 one process as well as gunicorn's worker processes. Sessions survive restarts: there is no state
@@ -46,7 +47,8 @@ class FilesystemBackend(DirectoryStore):
         super().__init__(state_dir(self.root))
         self._locks = self.state / "Locks"
         self._owners = self.state / "Owners"
-        for folder in (self._locks, self._owners):
+        self._tombstones = self.state / "Tombstones"
+        for folder in (self._locks, self._owners, self._tombstones):
             folder.mkdir(parents=True, exist_ok=True)
         self._locks_str = str(self._locks)
 
@@ -80,6 +82,7 @@ class FilesystemBackend(DirectoryStore):
         atomic_write(self._session_dir(record.id) / RECORD_NAME, _encode(record), durable=durable)
         if record.state.is_tombstone:
             self._forget_owner(record.owner, record.id)
+            (self._tombstones / _tombstone_marker(record)).touch()
 
     def _forget_owner(self, owner: str, session_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -94,6 +97,9 @@ class FilesystemBackend(DirectoryStore):
         self.delete_data(session_id)
         if record is not None:
             self._forget_owner(record.owner, session_id)
+            if record.state.is_tombstone:
+                with contextlib.suppress(FileNotFoundError):
+                    (self._tombstones / _tombstone_marker(record)).unlink()
         with contextlib.suppress(FileNotFoundError):
             (self._locks / f"{{{session_id}}}.lock").unlink()
 
@@ -148,6 +154,24 @@ class FilesystemBackend(DirectoryStore):
                     count += sum(1 for _ in ids)
         return count
 
+    def tombstone_count(self) -> int:
+        return len(os.listdir(self._tombstones))
+
+    def oldest_tombstones(self, limit: int) -> list[str]:
+        """Oldest first, by the markers' names; a marker whose session is gone (an unreadable
+        record that was deleted) is removed on the way."""
+        oldest: list[str] = []
+        for name in sorted(os.listdir(self._tombstones)):
+            if len(oldest) >= limit:
+                break
+            session_id = name.partition("-")[2]
+            if os.path.isdir(f"{self._requests_str}/{{{session_id}}}"):
+                oldest.append(session_id)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    (self._tombstones / name).unlink()
+        return oldest
+
     def session_ids(self) -> Iterator[str]:
         now = time.time()
         with os.scandir(self._requests) as entries:
@@ -163,6 +187,11 @@ class FilesystemBackend(DirectoryStore):
             if now - path.stat().st_mtime > STAGING_MAX_AGE:
                 shutil.rmtree(path, ignore_errors=True)
                 fsync_dir(self._requests)
+
+
+def _tombstone_marker(record: SessionRecord) -> str:
+    """Sorted by name, oldest first: the tombstone's time in milliseconds, then its id."""
+    return f"{max(0, int(record.last_activity * 1000)):015d}-{record.id}"
 
 
 def _encode(record: SessionRecord) -> bytes:

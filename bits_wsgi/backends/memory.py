@@ -125,5 +125,13 @@ class MemoryBackend:
     def active_count(self) -> int:
         return sum(1 for r in list(self._records.values()) if not r.state.is_tombstone)
 
+    def tombstone_count(self) -> int:
+        return sum(1 for r in list(self._records.values()) if r.state.is_tombstone)
+
+    def oldest_tombstones(self, limit: int) -> list[str]:
+        tombstones = [r for r in list(self._records.values()) if r.state.is_tombstone]
+        tombstones.sort(key=lambda r: r.last_activity)
+        return [r.id for r in tombstones[: max(0, limit)]]
+
     def session_ids(self) -> Iterator[str]:
         yield from list(self._records)

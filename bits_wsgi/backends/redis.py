@@ -17,7 +17,8 @@ ready client (Sentinel, Cluster, with TLS...) can be injected with ``client=``.
 Keys, below ``prefix``: ``session:{ID}`` (the record as JSON, expiring after ``record_ttl``),
 ``lock:{ID}`` (a random token, expiring after ``lock_ttl`` unless its holder renews it),
 ``owner:{sha256}`` (the owner's active session ids), ``active`` (every active id, for the global
-session cap), ``sessions`` (every id, for sweeps).
+session cap), ``sessions`` (every id, for sweeps), ``tombstones`` (a sorted set of tombstone ids
+by their time, for the tombstone budget).
 
 The offset is the length of the data the blob store holds, as in the filesystem backend, so it
 can never run ahead of the bytes. Locks are held with a TTL renewed by a thread while the holder
@@ -142,6 +143,7 @@ class RedisBackend:
             if record.state.is_tombstone:
                 pipe.srem(self._owner_key(record.owner), record.id)
                 pipe.srem(self._key("active"), record.id)
+                pipe.zadd(self._key("tombstones"), {record.id: record.last_activity})
             pipe.execute()
 
     def delete(self, session_id: str) -> None:
@@ -154,6 +156,7 @@ class RedisBackend:
             pipe.delete(self._key("session", session_id))
             pipe.srem(self._key("sessions"), session_id)
             pipe.srem(self._key("active"), session_id)
+            pipe.zrem(self._key("tombstones"), session_id)
             if record is not None:
                 pipe.srem(self._owner_key(record.owner), session_id)
             pipe.execute()
@@ -245,6 +248,17 @@ class RedisBackend:
     def active_count(self) -> int:
         with _unavailable():
             return int(self.client.scard(self._key("active")))
+
+    def tombstone_count(self) -> int:
+        with _unavailable():
+            return int(self.client.zcard(self._key("tombstones")))
+
+    def oldest_tombstones(self, limit: int) -> list[str]:
+        if limit <= 0:
+            return []
+        with _unavailable():
+            members = self.client.zrange(self._key("tombstones"), 0, limit - 1)
+        return [_text(member) for member in members]
 
     def session_ids(self) -> Iterator[str]:
         with _unavailable():

@@ -239,3 +239,19 @@ def test_probes_for_unknown_sessions_leave_no_key(
         assert client.cancel(probe).status_int == 500
     assert set(store.client.keys(f"{prefix}:*")) == keys
     assert set((tmp_path / "shared").rglob("*")) == files
+
+
+def test_a_create_cancel_flood_keeps_redis_bounded(
+    redis_url: str, tmp_path: Path, prefix: str
+) -> None:
+    store = backend(redis_url, tmp_path / "shared", prefix)
+    client = BitsClient(
+        BITSMiddleware(fallback_app, tmp_path / "uploads", backend=store, max_sessions=40)
+    )
+    for _ in range(200):
+        assert client.create().status_int == 200
+        assert client.cancel().status_int == 200
+    assert store.tombstone_count() <= 40
+    # a record per tombstone, and the index keys (sessions, tombstones)
+    assert len(store.client.keys(f"{prefix}:*")) <= 40 + 5
+    assert len(list((tmp_path / "shared" / "Requests").iterdir())) <= 40
