@@ -168,6 +168,11 @@ class LockTimeout(Exception):
     """A session lock could not be taken within ``lock_timeout``."""
 
 
+class LeaseLost(Exception):
+    """The session's lock expired under its holder (a paused VM, a stalled process) and may be
+    someone else's now: the holder must not touch the session again (PROTOCOL.md §10.1)."""
+
+
 class CorruptRecord(Exception):
     """Stored session metadata could not be read back."""
 

@@ -37,6 +37,7 @@ from .errors import (
     FragmentTooLarge,
     InternalError,
     InvalidRequest,
+    LeaseLost,
     LockTimeout,
     ServiceUnavailable,
     SessionNotFound,
@@ -172,6 +173,11 @@ class UploadServer:
             return self._with_session(packet, request, body)
         except BITSError as error:
             return Ack.from_error(error)
+        except LeaseLost:
+            # Another holder may own the session now: nothing more was changed, and the client
+            # retries (503) wherever the session went on.
+            log.warning("%s: the session's lock expired under this request", type(packet).__name__)
+            return Ack.from_error(ServiceUnavailable("session lock lost"))
         except BackendUnavailable as exc:
             log.warning("backend unavailable: %s", client_text(str(exc)))
             return Ack.from_error(ServiceUnavailable("backend unavailable"))

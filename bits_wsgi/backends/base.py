@@ -7,7 +7,7 @@ the server's policy. ``bits_wsgi.testing.BackendContract`` is the test suite eve
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -92,13 +92,25 @@ class BlobStore(Protocol):
     """Where a backend that keeps its records elsewhere (Redis) keeps the upload bytes.
 
     The methods of the same name in :class:`Backend` say what each must do;
-    ``create_data`` starts the empty data of a session bound for ``destination_key``, and
+    ``create_data`` starts the empty data of a session bound for ``destination_key``,
     ``delete_data`` removes every byte of the session, reply included.
     """
 
     def create_data(self, session_id: str, destination_key: str) -> None: ...
 
-    def write(self, session_id: str, offset: int, chunks: Iterable[bytes]) -> int: ...
+    def write(
+        self,
+        session_id: str,
+        offset: int,
+        chunks: Iterable[bytes],
+        fence: Callable[[], None] | None = None,
+    ) -> int:
+        """As :meth:`Backend.write`; ``fence`` raises ``LeaseLost`` once the caller's lease is
+        gone, and is called before the stored bytes change (PROTOCOL.md §10.1)."""
+
+    def rotate(self, session_id: str) -> None:
+        """Make sure no descriptor opened before now reaches the session's data: called by a
+        new lock holder that took over from one whose lease expired."""
 
     def sync(self, session_id: str) -> None: ...
 

@@ -68,9 +68,20 @@ class DirectoryStore:
         shutil.rmtree(self._session_dir(session_id), ignore_errors=True)
         shutil.rmtree(self._replies / f"{{{session_id}}}", ignore_errors=True)
 
-    def write(self, session_id: str, offset: int, chunks: Iterable[bytes]) -> int:
+    def write(
+        self,
+        session_id: str,
+        offset: int,
+        chunks: Iterable[bytes],
+        fence: Callable[[], None] | None = None,
+    ) -> int:
+        """``fence`` (lease-based locks) is called once the file is open and before it changes:
+        it raises if the lease is gone. A holder that loses it later writes only to a file the
+        next holder has replaced (:meth:`rotate`), never to the session's data."""
         fd = os.open(self._data_str(session_id), os.O_WRONLY | os.O_CLOEXEC)
         try:
+            if fence is not None:
+                fence()
             if os.fstat(fd).st_size != offset:
                 os.ftruncate(fd, offset)
             written = 0
@@ -91,6 +102,22 @@ class DirectoryStore:
             return written
         finally:
             os.close(fd)
+
+    def rotate(self, session_id: str) -> None:
+        """Give the data a new inode with the same bytes (PROTOCOL.md §10.1, fencing).
+
+        Called by a lock holder taking over from one whose lease expired while it may still
+        hold the data file open: whatever that stale writer does through its descriptor (write
+        the rest of a body, cut back on a dropped connection) then reaches an unlinked file,
+        never this session's data, nor a destination later committed from it.
+        """
+        data = self._data_str(session_id)
+        staged = f"{data}.rotating"
+        try:
+            shutil.copyfile(data, staged)
+        except FileNotFoundError:
+            return  # discarded or committed and closed: nothing left to protect
+        os.replace(staged, data)
 
     def sync(self, session_id: str) -> None:
         fd = os.open(self._data_str(session_id), os.O_RDONLY | os.O_CLOEXEC)

@@ -39,7 +39,7 @@ import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ..errors import BackendUnavailable, CorruptRecord, LockTimeout
+from ..errors import BackendUnavailable, CorruptRecord, LeaseLost, LockTimeout
 from ..paths import Destination
 from ..session import SessionRecord
 from .base import BlobStore
@@ -55,6 +55,40 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('pexpire', KEYS[1], ARGV[2])
 end
 return 0
+"""
+# A record save by a lock holder happens only while it still holds the lease (§10.1 fencing):
+# KEYS lock, session, owner index, active set, tombstones; ARGV token, record, TTL,
+# tombstone ("1"/"0"), id, tombstone time.
+_FENCED_SAVE = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+redis.call('set', KEYS[2], ARGV[2], 'EX', ARGV[3])
+if ARGV[4] == '1' then
+    redis.call('srem', KEYS[3], ARGV[5])
+    redis.call('srem', KEYS[4], ARGV[5])
+    redis.call('zadd', KEYS[5], ARGV[6], ARGV[5])
+end
+return 1
+"""
+# Before its bytes change: still the holder? Then mark the data as open for writing, so that a
+# holder taking over after this lease expires knows to rotate it (DirectoryStore.rotate).
+_MARK_WRITER = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+redis.call('set', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+# After the bytes were written and the data closed: still the holder? Then the mark goes.
+_UNMARK_WRITER = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+if redis.call('get', KEYS[2]) == ARGV[1] then
+    redis.call('del', KEYS[2])
+end
+return 1
 """
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -88,6 +122,12 @@ class RedisBackend:
         self.lock_ttl = lock_ttl
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._fenced_save = client.register_script(_FENCED_SAVE)
+        self._mark_writer = client.register_script(_MARK_WRITER)
+        self._unmark_writer = client.register_script(_UNMARK_WRITER)
+        # The lease token each thread holds for each session: a thread whose lease expired
+        # must not find the next holder's token (even one in this same process).
+        self._tokens = threading.local()
         # One thread renews every lock this process holds: a thread per packet costs more
         # than the packet's own Redis round trips.
         self._held: dict[str, str] = {}
@@ -102,6 +142,7 @@ class RedisBackend:
         the child starts afresh (redis-py renews its own connections after a fork)."""
         self._held = {}
         self._prefetched = threading.local()
+        self._tokens = threading.local()
         self._held_guard = threading.Lock()
         self._renewer = None
 
@@ -137,6 +178,10 @@ class RedisBackend:
     def save(self, record: SessionRecord, *, durable: bool = False) -> None:
         # One Redis command replaces the record atomically (§10.2); how durable it is after a
         # Redis restart is Redis's persistence setting (AOF with fsync for the strongest).
+        token = self._token(record.id)
+        if token is not None:
+            self._save_fenced(record, token)
+            return
         with _unavailable():
             pipe = self.client.pipeline()
             pipe.set(self._key("session", record.id), _encode(record), ex=self.record_ttl)
@@ -146,7 +191,23 @@ class RedisBackend:
                 pipe.zadd(self._key("tombstones"), {record.id: record.last_activity})
             pipe.execute()
 
+    def _save_fenced(self, record: SessionRecord, token: str) -> None:
+        keys = [
+            self._key("lock", record.id),
+            self._key("session", record.id),
+            self._owner_key(record.owner),
+            self._key("active"),
+            self._key("tombstones"),
+        ]
+        tombstone = "1" if record.state.is_tombstone else "0"
+        arguments = [token, _encode(record), self.record_ttl, tombstone, record.id]
+        with _unavailable():
+            saved = self._fenced_save(keys=keys, args=[*arguments, record.last_activity])
+        if not saved:
+            raise LeaseLost(f"session {record.id}: lock lost before the record was saved")
+
     def delete(self, session_id: str) -> None:
+        self._fence(session_id)
         try:
             record = self.load(session_id)
         except CorruptRecord:
@@ -157,6 +218,7 @@ class RedisBackend:
             pipe.srem(self._key("sessions"), session_id)
             pipe.srem(self._key("active"), session_id)
             pipe.zrem(self._key("tombstones"), session_id)
+            pipe.delete(self._key("writer", session_id))
             if record is not None:
                 pipe.srem(self._owner_key(record.owner), session_id)
             pipe.execute()
@@ -165,7 +227,34 @@ class RedisBackend:
     # -- bytes: the blob store's ---------------------------------------------------------------
 
     def write(self, session_id: str, offset: int, chunks: Iterable[bytes]) -> int:
-        return self.blobs.write(session_id, offset, chunks)
+        token = self._token(session_id)
+        if token is None:
+            return self.blobs.write(session_id, offset, chunks)
+        writer = self._key("writer", session_id)
+
+        def fence() -> None:
+            with _unavailable():
+                held = self._mark_writer(
+                    keys=[self._key("lock", session_id), writer], args=[token, self.record_ttl]
+                )
+            if not held:
+                raise LeaseLost(f"session {session_id}: lock lost before the bytes changed")
+
+        lock = self._key("lock", session_id)
+        try:
+            written = self.blobs.write(session_id, offset, chunks, fence=fence)
+        except BaseException:
+            # The data is closed again: no rotation is needed on its account any more.
+            with contextlib.suppress(Exception):
+                self._release(keys=[writer], args=[token])
+            raise
+        # Closed, and checked in the same round trip: bytes written after the lease expired
+        # went to a file the next holder replaced, and must not be acknowledged.
+        with _unavailable():
+            held = self._unmark_writer(keys=[lock, writer], args=[token])
+        if not held:
+            raise LeaseLost(f"session {session_id}: lock lost while the bytes were written")
+        return written
 
     def sync(self, session_id: str) -> None:
         self.blobs.sync(session_id)
@@ -177,10 +266,29 @@ class RedisBackend:
         return self.blobs.destination_exists(destination)
 
     def commit(self, session_id: str, destination: Destination, *, overwrite: bool) -> None:
+        self._fence(session_id)
         self.blobs.commit(session_id, destination, overwrite=overwrite)
 
     def discard_data(self, session_id: str) -> None:
+        self._fence(session_id)
         self.blobs.discard_data(session_id)
+
+    # -- fencing (PROTOCOL.md §10.1) ----------------------------------------------------------
+
+    def _token(self, session_id: str) -> str | None:
+        """The lease this thread holds on the session, if it holds one."""
+        held: dict[str, str] = getattr(self._tokens, "held", {})
+        return held.get(session_id)
+
+    def _fence(self, session_id: str) -> None:
+        """Raise ``LeaseLost`` if this thread held the session's lock and no longer does."""
+        token = self._token(session_id)
+        if token is None:
+            return
+        with _unavailable():
+            current = self.client.get(self._key("lock", session_id))
+        if current is None or _text(current) != token:
+            raise LeaseLost(f"session {session_id}: lock lost")
 
     # -- locks --------------------------------------------------------------------------------
 
@@ -198,7 +306,8 @@ class RedisBackend:
                 pipe = self.client.pipeline(transaction=False)
                 pipe.set(key, token, nx=True, px=ttl_ms)
                 pipe.get(self._key("session", session_id))
-                acquired, raw = pipe.execute()
+                pipe.get(self._key("writer", session_id))
+                acquired, raw, stale_writer = pipe.execute()
                 if acquired:
                     break
                 remaining = deadline - time.monotonic()
@@ -206,10 +315,26 @@ class RedisBackend:
                     raise LockTimeout("session is busy")
                 time.sleep(min(delay, remaining))
                 delay = min(delay * 2, 0.05)
+        if stale_writer is not None:
+            # The last holder's lease expired with the data open for writing (a paused host):
+            # it may still write or cut back through that descriptor. Give the data a new
+            # inode first, so nothing it does can reach the session or what it commits.
+            try:
+                self.blobs.rotate(session_id)
+                with _unavailable():
+                    self._release(keys=[self._key("writer", session_id)], args=[stale_writer])
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self._release(keys=[key], args=[token])
+                raise
         records = getattr(self._prefetched, "records", None)
         if records is None:
             records = self._prefetched.records = {}
         records[session_id] = raw
+        tokens = getattr(self._tokens, "held", None)
+        if tokens is None:
+            tokens = self._tokens.held = {}
+        tokens[session_id] = token
         with self._held_guard:
             self._held[key] = token
             if self._renewer is None or not self._renewer.is_alive():
@@ -221,6 +346,7 @@ class RedisBackend:
             yield
         finally:
             records.pop(session_id, None)
+            tokens.pop(session_id, None)
             with self._held_guard:
                 self._held.pop(key, None)
             with contextlib.suppress(Exception):

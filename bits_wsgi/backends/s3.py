@@ -193,7 +193,16 @@ class S3Store:
             return int(head["ContentLength"])
         return None
 
-    def write(self, session_id: str, offset: int, chunks: Iterable[bytes]) -> int:
+    def write(
+        self,
+        session_id: str,
+        offset: int,
+        chunks: Iterable[bytes],
+        fence: Callable[[], None] | None = None,
+    ) -> int:
+        """``fence`` (lease-based locks) is called before every request that changes S3: a
+        holder whose lease expired while it spooled or uploaded stops there."""
+        check = fence if fence is not None else _no_fence
         upload = self._upload(session_id)
         state = self._state(session_id)
         if upload is None or state is None:
@@ -206,14 +215,20 @@ class S3Store:
             for chunk in chunks:  # a client gone mid-body raises here: S3 is untouched
                 spool.write(chunk)
                 written += len(chunk)
+            check()
             state = self._cut(session_id, state, offset)
             spool.seek(0)
             if offset - state.uploaded + written < self.part_size:
                 if written:
+                    check()
                     self._put_chunk(session_id, offset, spool.read())
             else:
-                self._fill_parts(session_id, upload, state, spool)
+                self._fill_parts(session_id, upload, state, spool, check)
         return written
+
+    def rotate(self, session_id: str) -> None:
+        """Nothing to do: no descriptor reaches S3 objects, and every request that changes them
+        is fenced (see ``write``); a completed object never changes again."""
 
     def _cut(self, session_id: str, state: _State, offset: int) -> _State:
         """Delete the chunks off the chain, and cut the chain to ``offset``."""
@@ -232,7 +247,12 @@ class S3Store:
         return _State(state.parts, state.uploaded, kept)
 
     def _fill_parts(
-        self, session_id: str, upload: _Upload, state: _State, spool: IO[bytes]
+        self,
+        session_id: str,
+        upload: _Upload,
+        state: _State,
+        spool: IO[bytes],
+        check: Callable[[], None],
     ) -> None:
         """The chain and the new bytes make at least one whole part: store the rest as the chunk
         where the parts will end, upload the parts in order, then delete what they consumed."""
@@ -246,12 +266,15 @@ class S3Store:
                 raise OSError(errno.EFBIG, f"upload exceeds {MAX_PARTS} parts of {self.part_size}")
             if length > whole:
                 joined.seek(whole)
+                check()
                 self._put_chunk(session_id, state.uploaded + whole, joined.read())
             joined.seek(0)
             number = len(state.parts) + 1
             for _ in range(whole // self.part_size):
+                check()
                 self._upload_part(upload, number, joined.read(self.part_size))
                 number += 1
+        check()
         self._delete_chunks(session_id, [start for start, _ in state.chain])
 
     def _upload_part(self, upload: _Upload, number: int, body: bytes) -> None:
@@ -457,6 +480,10 @@ class S3Store:
             for page in self._pages("list_objects_v2", Prefix=self._session_prefix(session_id))
             for item in page.get("Contents", [])
         ]
+
+
+def _no_fence() -> None:
+    """Writes without a lease (tests, single-process use) have nothing to check."""
 
 
 def _boto3_client() -> Any:

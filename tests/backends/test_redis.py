@@ -6,6 +6,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,69 @@ def test_a_create_cancel_flood_keeps_redis_bounded(
     # a record per tombstone, and the index keys (sessions, tombstones)
     assert len(store.client.keys(f"{prefix}:*")) <= 40 + 5
     assert len(list((tmp_path / "shared" / "Requests").iterdir())) <= 40
+
+
+# -- fencing (PROTOCOL.md §10.1, D23): a holder whose lease expired changes nothing -------------
+
+
+class _StalledBody:
+    """A fragment body that sends ``head``, then waits (a paused host), then either drops the
+    connection or sends ``rest``."""
+
+    def __init__(self, head: bytes, rest: bytes, drop: bool) -> None:
+        self.head, self.rest, self.drop = head, rest, drop
+        self.stalled, self.wake = threading.Event(), threading.Event()
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.head
+        self.stalled.set()
+        assert self.wake.wait(30)
+        if self.drop:
+            raise ConnectionResetError("the client went away")
+        yield self.rest
+
+
+@pytest.mark.parametrize("drop", [True, False], ids=["cut-back", "rest-of-body"])
+def test_a_stale_holder_cannot_touch_the_committed_file(
+    redis_url: str, tmp_path: Path, prefix: str, drop: bool
+) -> None:
+    from bits_wsgi.errors import LeaseLost
+    from bits_wsgi.paths import Destination
+
+    shared, uploads = tmp_path / "shared", tmp_path / "uploads"
+    uploads.mkdir()
+    stale, fresh = backend(redis_url, shared, prefix), backend(redis_url, shared, prefix)
+    record = new_record()
+    stale.create(record)
+    data = os.urandom(3 * 1024 * 1024)
+    body = _StalledBody(data[: len(data) // 2], b"\0" * (len(data) // 2), drop)
+    outcome: list[BaseException | int] = []
+
+    def stale_host() -> None:
+        try:
+            with stale.lock(SESSION_A, 1.0):
+                outcome.append(stale.write(SESSION_A, 0, body))
+                record.received = len(data)
+                stale.save(record)
+        except BaseException as exc:  # what the stale holder ends with
+            outcome.append(exc)
+
+    thread = threading.Thread(target=stale_host)
+    thread.start()
+    assert body.stalled.wait(10)
+    # the paused host's lease expires; another host takes the session over and finishes it
+    stale.client.delete(f"{prefix}:lock:{SESSION_A}")
+    with fresh.lock(SESSION_A, 1.0):
+        assert fresh.write(SESSION_A, 0, [data]) == len(data)
+        fresh.sync(SESSION_A)
+        fresh.commit(SESSION_A, Destination(uploads, "dir/f.bin"), overwrite=False)
+    body.wake.set()  # the paused host wakes up
+    thread.join(30)
+    committed = uploads / "dir" / "f.bin"
+    assert committed.read_bytes() == data
+    if drop:
+        assert isinstance(outcome[-1], ConnectionResetError)
+    else:
+        assert isinstance(outcome[-1], LeaseLost)  # its record save was refused
+    loaded = fresh.load(SESSION_A)
+    assert loaded is not None and loaded.received == len(data)
