@@ -43,12 +43,18 @@ class ReplyHost:
         return [self.body]
 
 
-def bits_with_static_reply(root: Path, reply_url: str) -> WSGI:
+def bits_with_reply(root: Path, reply: Reply) -> WSGI:
+    """An upload-reply server whose application answers ``reply``, for alice (Basic auth)."""
+
     def answer(upload: Upload) -> Reply:
-        return Reply(static_response_url=reply_url)
+        return reply
 
     app = BITSMiddleware(fallback_app, root, notification_type="by-value", notification_url=answer)
     return BasicAuth(app, {"alice": "pw"})
+
+
+def bits_with_static_reply(root: Path, reply_url: str) -> WSGI:
+    return bits_with_reply(root, Reply(static_response_url=reply_url))
 
 
 # -- 12: credentials go only to the origin the user named ----------------------------------------
@@ -72,14 +78,7 @@ def test_credentials_go_to_a_reply_url_of_the_same_origin(
     tmp_path: Path, source: Path, serve: Callable[[WSGI], int]
 ) -> None:
     """The server's own reply URL needs them: replies are served to their owner only."""
-
-    def answer(upload: Upload) -> Reply:
-        return Reply(body=REPLY)
-
-    app = BITSMiddleware(
-        fallback_app, tmp_path / "root", notification_type="by-value", notification_url=answer
-    )
-    port = serve(BasicAuth(app, {"alice": "pw"}))
+    port = serve(bits_with_reply(tmp_path / "root", Reply(body=REPLY)))
     reply = tmp_path / "reply.bin"
     UploadClient(f"http://127.0.0.1:{port}/f.bin", user="alice", password="pw").upload(
         source, reply_to=reply
@@ -109,16 +108,11 @@ def test_what_counts_as_the_origin(reply_url: str, same: bool) -> None:
 def test_a_leftover_partial_reply_from_another_job_is_not_resumed(
     tmp_path: Path, source: Path, serve: Callable[[WSGI], int]
 ) -> None:
-    def answer(upload: Upload) -> Reply:
-        return Reply(body=REPLY)
-
-    app = BITSMiddleware(
-        fallback_app, tmp_path / "root", notification_type="by-value", notification_url=answer
-    )
-    port = serve(app)
+    port = serve(bits_with_reply(tmp_path / "root", Reply(body=REPLY)))
     reply = tmp_path / "reply.bin"
     Path(f"{reply}.part").write_bytes(b"ANOTHER JOB'S BYTES")  # no proof it is this reply
-    UploadClient(f"http://127.0.0.1:{port}/f.bin").upload(source, reply_to=reply)
+    client = UploadClient(f"http://127.0.0.1:{port}/f.bin", user="alice", password="pw")
+    client.upload(source, reply_to=reply)
     assert reply.read_bytes() == REPLY
 
 
