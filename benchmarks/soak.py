@@ -276,6 +276,8 @@ def start_server(
         stderr=log,
     )
     while True:
+        if process.poll() is not None:  # a server that cannot start ends the soak, not a hang
+            raise RuntimeError(f"the server exited with {process.returncode} (see its log)")
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
             return process

@@ -671,8 +671,9 @@ def test_session_limit_zero_disables_it(make_client: Make) -> None:
 def test_global_session_cap_counts_every_identity(make_client: Make, upload_dir: Path) -> None:
     alice = make_client(user="alice", max_sessions=3, session_timeout=60)
     for server in alice.test.app.servers:  # count and sweep whenever the cap is reached
-        assert server.session_cap is not None  # (how often is tests/test_session_cap.py's)
-        server.session_cap.recount_interval = server.session_cap.sweep_interval = 0
+        assert server.upkeep.session_cap is not None  # (how often is tests/test_session_cap.py's)
+        cap = server.upkeep.session_cap
+        cap.recount_interval = cap.sweep_interval = 0
     bob = BitsClient(alice.test.app, user="bob")
     carol = BitsClient(alice.test.app, user="carol")
     assert [c.create().status_int for c in (alice, bob, carol)] == [200, 200, 200]

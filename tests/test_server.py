@@ -138,12 +138,12 @@ def test_a_fork_waits_for_the_sweep_in_progress(tmp_path: Path) -> None:
     backend.create(record)
     server = UploadServer(UploadDirectory(upload_dir=tmp_path), backend, sweep_interval=60)
     try:
-        assert server._sweeper is not None
-        server._sweeper.first_delay = 0.0
-        server._sweeper.stop()  # the thread started by the constructor: replaced below
-        server._sweeper._stopped = threading.Event()
-        server._sweeper._pid = None
-        server._sweeper.ensure_running()
+        assert server.upkeep.sweeper is not None
+        server.upkeep.sweeper.first_delay = 0.0
+        server.upkeep.sweeper.stop()  # the thread started by the constructor: replaced below
+        server.upkeep.sweeper._stopped = threading.Event()
+        server.upkeep.sweeper._pid = None
+        server.upkeep.sweeper.ensure_running()
         assert holding.wait(10)
         threading.Timer(0.3, release.set).start()  # the sweep ends a little later
         child = os.fork()
@@ -153,8 +153,8 @@ def test_a_fork_waits_for_the_sweep_in_progress(tmp_path: Path) -> None:
             child_time.sleep(3)
             os._exit(0)
         try:
-            assert server._sweep_guard.acquire(timeout=10)  # the sweep is over here
-            server._sweep_guard.release()
+            assert server.upkeep.sweep_guard.acquire(timeout=10)  # the sweep is over here
+            server.upkeep.sweep_guard.release()
             with FilesystemBackend(tmp_path).lock(SESSION_A, 1.0):
                 pass  # the session is free, though the child still lives
         finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bits_wsgi.session_cap import SessionCap
+from bits_wsgi.server.session_cap import SessionCap
 
 
 class World:

@@ -4,7 +4,7 @@ One daemon thread per upload directory and process: a WSGI server that forks its
 building the application (gunicorn ``preload_app``, and ``bits-wsgi serve``) keeps the thread in
 the parent, which goes on sweeping, and a worker starts its own when it handles a request.
 Sweeps are safe to run in several processes and hosts at once: each session is taken under its
-lock without waiting (``UploadServer.sweep``).
+lock without waiting (``Upkeep.sweep``).
 
 A fork never happens in the middle of a sweep: a child would inherit the session lock the sweep
 holds (an ``flock`` lives as long as any copy of its file descriptor) and keep that session busy
