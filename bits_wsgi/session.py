@@ -31,6 +31,38 @@ class SessionState(enum.Enum):
         return self in (SessionState.CLOSED, SessionState.CANCELLED)
 
 
+class Trigger(enum.Enum):
+    """What moves a session from one state to another (PROTOCOL.md §6.2)."""
+
+    #: N reached T: final processing starts, or resumes after it failed (§4.5)
+    ALL_BYTES = "all bytes held"
+    #: final processing succeeded: notified if due, committed if due, the final Ack stored
+    FINISHED = "final processing done"
+    CLOSE = "close"
+    CANCEL = "cancel"
+
+
+_ACTIVE = (SessionState.RECEIVING, SessionState.COMPLETE, SessionState.WAIT_FOR_CLOSE)
+
+#: Every state change a session can make, one row each (§6.2); anything else is a bug. Expiry is
+#: no change of state: the session is deleted whatever its state.
+TRANSITIONS: dict[tuple[SessionState, Trigger], SessionState] = {
+    (SessionState.RECEIVING, Trigger.ALL_BYTES): SessionState.COMPLETE,
+    (SessionState.COMPLETE, Trigger.ALL_BYTES): SessionState.COMPLETE,
+    (SessionState.COMPLETE, Trigger.FINISHED): SessionState.WAIT_FOR_CLOSE,
+    **{(state, Trigger.CLOSE): SessionState.CLOSED for state in _ACTIVE},
+    **{(state, Trigger.CANCEL): SessionState.CANCELLED for state in _ACTIVE},
+}
+
+
+def next_state(state: SessionState, trigger: Trigger) -> SessionState:
+    """The row of :data:`TRANSITIONS` for ``state`` and ``trigger``; no row is a ``ValueError``."""
+    try:
+        return TRANSITIONS[(state, trigger)]
+    except KeyError:
+        raise ValueError(f"no transition from {state.value} on {trigger.value}") from None
+
+
 @dataclass(slots=True, kw_only=True)
 class SessionRecord:
     """The durable state of one session (or, once closed or cancelled, its tombstone)."""
@@ -100,8 +132,13 @@ class SessionRecord:
     def touched(self, now: float) -> SessionRecord:
         return replace(self, last_activity=now)
 
-    def tombstone(self, state: SessionState, now: float) -> SessionRecord:
-        return replace(self, state=state, last_activity=now)
+    def advance(self, trigger: Trigger) -> None:
+        """Move to the state :data:`TRANSITIONS` gives for ``trigger``."""
+        self.state = next_state(self.state, trigger)
+
+    def tombstone(self, trigger: Trigger, now: float) -> SessionRecord:
+        """The tombstone Close or Cancel leaves (a copy: the caller keeps the live record)."""
+        return replace(self, state=next_state(self.state, trigger), last_activity=now)
 
 
 def _typed(value: Any, kind: type | tuple[type, ...]) -> Any:

@@ -25,7 +25,7 @@ import pytest
 from .backends.base import Backend
 from .errors import DestinationExists, LockTimeout
 from .paths import Destination
-from .session import SessionRecord, SessionState
+from .session import SessionRecord, SessionState, Trigger
 
 SESSION_A = "A0FF5911-4144-45B3-BF27-27AFC8EC8A67"
 SESSION_B = "C85B4E0A-9EB9-4114-BFA4-8A43B4710091"
@@ -253,14 +253,14 @@ class BackendContract:
         backend.create(new_record(SESSION_A, "alice"))
         backend.create(new_record(SESSION_B, "bob"))
         assert backend.active_count() == 2
-        backend.save(new_record(SESSION_A).tombstone(SessionState.CANCELLED, 2_000.0))
+        backend.save(new_record(SESSION_A).tombstone(Trigger.CANCEL, 2_000.0))
         assert backend.active_count() == 1
         backend.delete(SESSION_B)
         assert backend.active_count() == 0
 
     def test_tombstones_are_not_active_but_are_listed(self, backend: Backend) -> None:
         backend.create(new_record())
-        backend.save(new_record().tombstone(SessionState.CLOSED, 2_000.0), durable=True)
+        backend.save(new_record().tombstone(Trigger.CLOSE, 2_000.0), durable=True)
         assert backend.active_sessions("alice") == []
         assert list(backend.session_ids()) == [SESSION_A]
         loaded = backend.load(SESSION_A)
@@ -270,8 +270,8 @@ class BackendContract:
         assert backend.tombstone_count() == 0
         backend.create(new_record(SESSION_A, "alice"))
         backend.create(new_record(SESSION_B, "bob"))
-        backend.save(new_record(SESSION_B, "bob").tombstone(SessionState.CLOSED, 3_000.0))
-        backend.save(new_record(SESSION_A).tombstone(SessionState.CANCELLED, 2_000.0))
+        backend.save(new_record(SESSION_B, "bob").tombstone(Trigger.CLOSE, 3_000.0))
+        backend.save(new_record(SESSION_A).tombstone(Trigger.CANCEL, 2_000.0))
         assert backend.tombstone_count() == 2
         assert backend.oldest_tombstones(5) == [SESSION_A, SESSION_B]
         assert backend.oldest_tombstones(1) == [SESSION_A]

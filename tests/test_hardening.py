@@ -318,14 +318,14 @@ def test_a_sweep_enforces_the_tombstone_budget(tmp_path: Path) -> None:
     from bits_wsgi import UploadDirectory
     from bits_wsgi.backends.filesystem import FilesystemBackend
     from bits_wsgi.server import UploadServer
-    from bits_wsgi.session import SessionState
+    from bits_wsgi.session import Trigger
     from bits_wsgi.testing import new_record
 
     backend = FilesystemBackend(tmp_path)
     for number in range(30):  # left by an earlier run with a larger budget
         record = new_record(f"A0FF5911-4144-45B3-BF27-{number:012d}")
         backend.create(record)
-        backend.save(record.tombstone(SessionState.CLOSED, time.time() - 100 + number))
+        backend.save(record.tombstone(Trigger.CLOSE, time.time() - 100 + number))
     server = UploadServer(
         UploadDirectory(upload_dir=tmp_path, max_sessions=20), backend, sweep_interval=None
     )

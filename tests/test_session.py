@@ -148,3 +148,44 @@ def test_to_json_names_every_field() -> None:
     from dataclasses import fields
 
     assert set(record().to_json()) == {f.name for f in fields(SessionRecord)}
+
+
+# -- the transition table (§6.2): every state change is one row ----------------------------------
+
+ROWS_OF_6_2 = [
+    # (from, trigger, to)
+    ("receiving", "ALL_BYTES", "complete"),
+    ("complete", "ALL_BYTES", "complete"),  # a repeated final fragment resumes §4.5
+    ("complete", "FINISHED", "wait-for-close"),
+    ("receiving", "CLOSE", "closed"),
+    ("complete", "CLOSE", "closed"),
+    ("wait-for-close", "CLOSE", "closed"),
+    ("receiving", "CANCEL", "cancelled"),
+    ("complete", "CANCEL", "cancelled"),
+    ("wait-for-close", "CANCEL", "cancelled"),
+]
+
+
+def test_the_transition_table_is_section_6_2() -> None:
+    from bits_wsgi.session import TRANSITIONS, Trigger
+
+    table = {
+        (state.value, trigger.name, target.value)
+        for (state, trigger), target in TRANSITIONS.items()
+    }
+    assert table == set(ROWS_OF_6_2)
+    assert len(TRANSITIONS) == len(ROWS_OF_6_2)
+    assert {trigger.name for trigger in Trigger} == {row[1] for row in ROWS_OF_6_2}
+
+
+@pytest.mark.parametrize("state", list(SessionState))
+def test_no_row_no_change(state: SessionState) -> None:
+    from bits_wsgi.session import TRANSITIONS, Trigger, next_state
+
+    for trigger in Trigger:
+        if (state, trigger) in TRANSITIONS:
+            continue
+        with pytest.raises(ValueError, match="no transition"):
+            next_state(state, trigger)
+    if state.is_tombstone:  # a tombstone never changes
+        assert not any(key[0] is state for key in TRANSITIONS)

@@ -52,7 +52,7 @@ from ..protocol import (
     format_session_id,
     normalise_session_id,
 )
-from ..session import FragmentAction, SessionRecord, SessionState, plan_fragment
+from ..session import FragmentAction, SessionRecord, SessionState, Trigger, plan_fragment
 from .digest import UploadDigests
 from .replies import Replies, ReplyUnavailable, RequestInfo
 from .upkeep import SWEEP_INTERVAL, Upkeep
@@ -298,7 +298,7 @@ class UploadServer:
         step that did not: a cached notification is never sent again.
         """
         self.backend.sync(record.id)
-        record.state = SessionState.COMPLETE
+        record.advance(Trigger.ALL_BYTES)
         try:
             if self.replies is not None and not record.notified:
                 self.replies.notify(record, request)
@@ -308,7 +308,7 @@ class UploadServer:
         except BITSError:
             self._saved(record, Ack(), durable=True)
             raise
-        record.state = SessionState.WAIT_FOR_CLOSE
+        record.advance(Trigger.FINISHED)
         log.info(
             "session %s: upload of %d bytes to %s complete%s",
             format_session_id(record.id),
@@ -396,21 +396,21 @@ class UploadServer:
         if record.state is SessionState.WAIT_FOR_CLOSE and self._copy_due(record):
             # commit_on="close" (a 403 here keeps the session as it is)
             self._commit(record)
-        return self._tombstone(record, SessionState.CLOSED)
+        return self._tombstone(record, Trigger.CLOSE)
 
     def _cancel(self, record: SessionRecord) -> Ack:
-        return self._tombstone(record, SessionState.CANCELLED)
+        return self._tombstone(record, Trigger.CANCEL)
 
-    def _tombstone(self, record: SessionRecord, state: SessionState) -> Ack:
+    def _tombstone(self, record: SessionRecord, trigger: Trigger) -> Ack:
         # The record is written first: a crash in between leaves a tombstone whose data a
         # sweep can remove, never a live session with its data gone.
-        self.backend.save(record.tombstone(state, self._clock()), durable=True)
-        if not record.state.is_tombstone:
-            self.upkeep.ended(record)
+        tombstone = record.tombstone(trigger, self._clock())
+        self.backend.save(tombstone, durable=True)
+        self.upkeep.ended(record)
         self.backend.discard_data(record.id)
         self.digests.forget(record.id)
-        log.info("session %s: %s", format_session_id(record.id), state.value)
-        closed = state is SessionState.CLOSED
+        log.info("session %s: %s", format_session_id(record.id), tombstone.state.value)
+        closed = trigger is Trigger.CLOSE
         self._emit("session_closed" if closed else "session_cancelled", record)
         return Ack()
 
