@@ -35,29 +35,67 @@ def normalise_prefix(prefix: str) -> str:
     return "/" if not stripped else f"/{stripped}/"
 
 
+def _option(default: Any, help: str, *, metavar: str | None = None, **more: Any) -> Any:
+    """A field with what ``bits-wsgi serve`` needs to show it as a flag (``cli/options.py``)."""
+    return field(default=default, metadata={"help": help, "metavar": metavar, **more})
+
+
 @dataclass(frozen=True, kw_only=True)
 class UploadDirectory:
-    """One upload directory. Every option is documented in docs/configuration.md."""
+    """One upload directory. Every option is documented in docs/configuration.md, and each but
+    ``identity`` (a callable) is a ``bits-wsgi serve`` flag derived from this field."""
 
     upload_dir: Path
-    prefix: str = "/"
-    allow_overwrites: bool = False
-    max_upload_size: int | None = None
-    max_fragment_size: int = DEFAULT_MAX_FRAGMENT_SIZE
-    session_timeout: float = DEFAULT_SESSION_TIMEOUT
-    session_limit: int | None = 50
-    max_sessions: int | None = 10_000
-    host_id: str | None = None
-    host_id_fallback_timeout: int = 86_400
-    commit_on: CommitOn = "final-fragment"
-    lock_timeout: float = 30.0
-    fsync: FsyncMode = "final"
-    allow_method_override: bool = False
-    error_headers: tuple[str, ...] = DEFAULT_ERROR_HEADERS
-    identity: Identity | None = field(default=None, compare=False)
-    notification_type: NotificationType = "none"
-    notification_url: str | Callable[[Upload], Reply] | None = field(default=None, compare=False)
-    notification_timeout: float = 290.0
+    prefix: str = _option("/", "URL prefix of the upload directory", metavar="PATH")
+    allow_overwrites: bool = _option(False, "let an upload replace an existing file")
+    max_upload_size: int | None = _option(
+        None, "largest upload", metavar="BYTES", none_shown="unlimited"
+    )
+    max_fragment_size: int = _option(
+        DEFAULT_MAX_FRAGMENT_SIZE, "largest fragment body; above it 413", metavar="BYTES"
+    )
+    session_timeout: float = _option(
+        DEFAULT_SESSION_TIMEOUT, "idle seconds before a session expires", metavar="SECONDS"
+    )
+    session_limit: int | None = _option(
+        50, "sessions per authenticated identity; 0 disables", metavar="N", zero_is_none=True
+    )
+    max_sessions: int | None = _option(
+        10_000,
+        "sessions open at once across all identities, and the tombstone budget; 0 disables",
+        metavar="N",
+        zero_is_none=True,
+    )
+    host_id: str | None = _option(
+        None, "host name or address clients continue on (farms)", metavar="HOST"
+    )
+    host_id_fallback_timeout: int = _option(
+        86_400, "seconds a client insists on --host-id", metavar="SECONDS"
+    )
+    commit_on: CommitOn = _option("final-fragment", "when the file appears")
+    lock_timeout: float = _option(
+        30.0, "seconds a packet waits for a busy session before 503", metavar="SECONDS"
+    )
+    fsync: FsyncMode = _option("final", "fsync before the final Ack, or before every Ack")
+    allow_method_override: bool = _option(
+        False, "accept POST with X-Http-Method-Override: BITS_POST"
+    )
+    error_headers: tuple[str, ...] = _option(
+        DEFAULT_ERROR_HEADERS, "the error headers Acks carry", metavar="HEADER"
+    )
+    identity: Identity | None = field(default=None, compare=False, metadata={"flag": False})
+    notification_type: NotificationType = _option("none", "upload-reply notifications")
+    notification_url: str | Callable[[Upload], Reply] | None = field(
+        default=None,
+        compare=False,
+        metadata={
+            "help": "absolute http(s) URL, or a URL relative to the upload, served by --app",
+            "metavar": "URL",
+        },
+    )
+    notification_timeout: float = _option(
+        290.0, "seconds the application may take to answer", metavar="SECONDS"
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "upload_dir", Path(os.path.abspath(self.upload_dir)))

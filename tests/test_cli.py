@@ -128,3 +128,38 @@ def test_sessions_of_a_directory_without_sessions(
 ) -> None:
     assert main(["sessions", str(tmp_path)]) == 2
     assert "holds no sessions" in capsys.readouterr().err
+
+
+def test_every_option_is_a_serve_flag(tmp_path: Path) -> None:
+    """The four options that had no flag, and the switches' --no- forms."""
+    args = build_parser().parse_args(
+        [
+            "serve",
+            str(tmp_path),
+            "--lock-timeout",
+            "2.5",
+            "--fsync",
+            "always",
+            "--allow-method-override",
+            "--error-headers",
+            "BITS-Error-Code",
+            "--no-allow-overwrites",
+            "--max-sessions",
+            "0",
+        ]
+    )
+    app = build_app(args)
+    assert isinstance(app, BITSMiddleware)
+    directory = app.servers[0].directory
+    assert directory.lock_timeout == 2.5 and directory.fsync == "always"
+    assert directory.allow_method_override and not directory.allow_overwrites
+    assert directory.error_headers == ("BITS-Error-Code",)
+    assert directory.max_sessions is None
+
+
+def test_serve_defaults_are_upload_directory_defaults(tmp_path: Path) -> None:
+    from bits_wsgi import UploadDirectory
+
+    app = build_app(build_parser().parse_args(["serve", str(tmp_path)]))
+    assert isinstance(app, BITSMiddleware)
+    assert app.servers[0].directory == UploadDirectory(upload_dir=tmp_path)

@@ -128,3 +128,33 @@ def test_security_controls_point_at_existing_tests() -> None:
     for path, name in expanded:
         source = (PROJECT / path).read_text()
         assert f"def {name}(" in source, f"docs/security.md names {path}::{name}, which is gone"
+
+
+def test_every_option_in_the_configuration_page_is_a_real_flag() -> None:
+    """docs/configuration.md's table names each option with its flag; each is one of
+    UploadDirectory's fields and a flag of `serve` with that field's default, or says why not."""
+    from dataclasses import MISSING, fields
+
+    from bits_wsgi.config import UploadDirectory
+
+    text = (PROJECT / "docs" / "configuration.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \(([^)]*)\) \|", text, flags=re.MULTILINE)
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    flags = {flag: action for action in serve._actions for flag in action.option_strings}
+    documented = {name for name, _ in rows}
+    assert documented == {item.name for item in fields(UploadDirectory)}
+    for name, how in rows:
+        field = next(item for item in fields(UploadDirectory) if item.name == name)
+        if how.startswith("`--"):
+            flag = how.strip("`")
+            assert flag in flags, f"{name}: {flag} is no flag of serve"
+            assert flags[flag].default == field.default, f"{flag}: another default"
+        else:
+            assert field.default is MISSING or not field.metadata.get("flag", True), name
+
+
+def test_serve_help_shows_every_default() -> None:
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    for action in serve._actions:
+        if action.option_strings and "--help" not in action.option_strings:
+            assert action.help and "default" in action.help, action.option_strings[0]

@@ -29,7 +29,7 @@ ARGV_ENV = "BITS_WSGI_SERVE_ARGV"
 
 
 def make_app() -> WSGIApplication:
-    from .cli import build_app, build_parser
+    from .app import build_app, build_parser
 
     args = build_parser().parse_args(json.loads(os.environ[ARGV_ENV]))
     logging.basicConfig(

@@ -1,0 +1,159 @@
+"""The ``bits-wsgi`` arguments, and the WSGI application ``serve`` runs.
+
+Imports no server engine: the engines (``_gunicorn``, ``_granian``) import this module to
+rebuild the application in their workers, never the other way round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, cast
+
+from ..auth import BasicAuth
+from ..client import DEFAULT_FRAGMENT
+from ..config import DEFAULT_SESSION_TIMEOUT
+from ..middleware import BITSMiddleware
+from .options import add_backend_arguments, add_directory_options, build_backend, directory_from
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+
+def not_found(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """The standalone server serves uploads only; it never serves the uploaded files."""
+    body = b"Not Found\n"
+    start_response(
+        "404 Not Found",
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bits-wsgi", description="A Microsoft BITS upload server for WSGI."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve ROOT as a BITS upload directory")
+    serve.add_argument("root", help="directory that receives the uploads")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    serve.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    add_directory_options(serve)
+    serve.add_argument(
+        "--metrics-path",
+        default=None,
+        metavar="PATH",
+        help="serve Prometheus metrics at this path, e.g. /metrics (needs bits-wsgi[metrics]; "
+        "default: none)",
+    )
+    add_backend_arguments(serve)
+    serve.add_argument(
+        "--app",
+        default=None,
+        metavar="MODULE:NAME",
+        help="a WSGI application to serve behind the uploads (default: 404 for everything else)",
+    )
+    serve.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="NAME:PASSWORD",
+        help="enable HTTP Basic authentication (repeatable); use TLS in front "
+        "(default: none, no authentication)",
+    )
+    serve.add_argument(
+        "--server",
+        choices=["gunicorn", "granian"],
+        default="gunicorn",
+        help="the HTTP server to run on; granian is faster but see docs/benchmarks.md "
+        "(default: %(default)s)",
+    )
+    serve.add_argument("--workers", type=int, default=2, help="(default: %(default)s)")
+    serve.add_argument("--threads", type=int, default=8, help="per worker (default: %(default)s)")
+    serve.add_argument("--log-level", default="info", help="(default: %(default)s)")
+
+    upload = commands.add_parser("upload", help="upload FILE to a BITS server at URL")
+    upload.add_argument("file")
+    upload.add_argument("url", help="http(s) URL of the destination")
+    upload.add_argument("--user", default=None, metavar="NAME:PASSWORD", help="Basic auth")
+    upload.add_argument("--reply-to", default=None, metavar="FILE", help="save the reply here")
+    upload.add_argument(
+        "--state-file",
+        default=None,
+        help="where progress is kept to resume on the next run (default: in ~/.cache/bits-wsgi)",
+    )
+    upload.add_argument("--fragment-size", type=int, default=DEFAULT_FRAGMENT, metavar="BYTES")
+    upload.add_argument("--retries", type=int, default=8, help="per packet, with backoff")
+    upload.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
+    upload.add_argument("--quiet", action="store_true", help="no progress output")
+
+    sessions = commands.add_parser("sessions", help="list the sessions under ROOT")
+    sessions.add_argument("root")
+    sessions.add_argument("--json", action="store_true", help="one JSON object per session")
+    sessions.add_argument("--all", action="store_true", help="include closed and cancelled")
+    add_backend_arguments(sessions)
+
+    cleanup = commands.add_parser("cleanup", help="remove expired sessions under ROOT")
+    cleanup.add_argument("root")
+    cleanup.add_argument(
+        "--older-than",
+        type=float,
+        default=DEFAULT_SESSION_TIMEOUT,
+        metavar="SECONDS",
+        help="idle time after which a session counts as expired",
+    )
+    add_backend_arguments(cleanup)
+    return parser
+
+
+def build_app(args: argparse.Namespace) -> WSGIApplication:
+    directory = directory_from(args, args.root)
+    inner = import_app(args.app) if args.app else not_found
+    metrics = None
+    if args.metrics_path:
+        try:
+            from ..metrics import PrometheusMetrics
+
+            metrics = PrometheusMetrics()
+        except ImportError as exc:
+            raise ValueError("--metrics-path needs pip install 'bits-wsgi[metrics]'") from exc
+    app: WSGIApplication = BITSMiddleware(
+        inner,
+        directories=[directory],
+        backend=build_backend(args),
+        metrics=metrics,
+        metrics_path=args.metrics_path,
+    )
+    if args.user:
+        app = BasicAuth(app, _parse_users(args.user))
+    return app
+
+
+def import_app(spec: str) -> WSGIApplication:
+    """``package.module:name`` → the WSGI application it names."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"--app takes MODULE:NAME, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+        app = getattr(module, attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load --app {spec!r}: {exc}") from exc
+    if not callable(app):
+        raise ValueError(f"--app {spec!r} is not a WSGI application")
+    return cast("WSGIApplication", app)
+
+
+def _parse_users(values: Sequence[str]) -> dict[str, str]:
+    users: dict[str, str] = {}
+    for value in values:
+        name, sep, password = value.partition(":")
+        if not sep or not name or not password:
+            raise ValueError(f"--user takes NAME:PASSWORD, got {value!r}")
+        users[name] = password
+    return users

@@ -1,0 +1,48 @@
+"""``bits-wsgi upload``: the BITS client from the command line, resuming across runs."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+from ..client import UploadClient
+from ..progress import ProgressPrinter
+
+
+def upload(args: argparse.Namespace) -> int:
+    user = password = None
+    if args.user:
+        user, sep, password = args.user.partition(":")
+        if not sep:
+            raise ValueError("--user takes NAME:PASSWORD")
+    source = Path(args.file)
+    if not source.is_file():
+        raise ValueError(f"{source} is not a file")
+    state_file = Path(args.state_file) if args.state_file else default_state_file(source, args.url)
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    client = UploadClient(
+        args.url,
+        user=user,
+        password=password,
+        fragment_size=args.fragment_size,
+        retries=args.retries,
+        timeout=args.timeout,
+        state_file=state_file,
+        progress=None if args.quiet else ProgressPrinter(sys.stderr),
+    )
+    result = client.upload(source, reply_to=args.reply_to)
+    print(f"uploaded {result.size} bytes to {args.url} (session {result.session_id})")
+    if result.reply_path is not None:
+        print(f"reply saved to {result.reply_path}")
+    elif result.reply_url:
+        print(f"reply available at {result.reply_url} (not downloaded: no --reply-to)")
+    return 0
+
+
+def default_state_file(source: Path, url: str) -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bits-wsgi"
+    key = hashlib.sha256(f"{source.resolve()}\n{url}".encode()).hexdigest()[:32]
+    return cache / f"{key}.json"
