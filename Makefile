@@ -22,6 +22,7 @@ serve: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check bits_wsgi tests examples benchmarks
 	$(BIN)/ruff format --check bits_wsgi tests examples benchmarks
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
