@@ -16,8 +16,7 @@ from werkzeug.test import EnvironBuilder
 from bits_wsgi import BITSMiddleware
 from bits_wsgi.protocol import PROTOCOL_GUID
 
-from .redis_server import redis_url  # noqa: F401 - a session fixture for every test module
-from .s3_server import s3_endpoint  # noqa: F401 - a session fixture for every test module
+pytest_plugins = ["tests.support.fixtures"]
 
 WSGI = Callable[[dict[str, Any], Callable[..., Any]], Any]
 

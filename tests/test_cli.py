@@ -106,6 +106,7 @@ def test_sessions_lists_active_sessions(tmp_path: Path, capsys: pytest.CaptureFi
     done = BitsClient(app, path="/b.bin")
     done.upload(b"y")
     done.close()
+    age(tmp_path, 100)  # idle for 100 s (the tombstone of done.bin too)
     assert main(["sessions", str(tmp_path), "--json"]) == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert row["id"] == alice.session_id
@@ -115,7 +116,7 @@ def test_sessions_lists_active_sessions(tmp_path: Path, capsys: pytest.CaptureFi
         100,
         1000,
     )
-    assert row["state"] == "receiving" and row["idle_seconds"] >= 0
+    assert row["state"] == "receiving" and 100 <= row["idle_seconds"] <= 160
     assert main(["sessions", str(tmp_path), "--all"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["SESSION", "OWNER", "STATE"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +15,9 @@ from bits_wsgi.body import BodyReader
 from bits_wsgi.protocol import PROTOCOL_GUID, normalise_session_id, parse
 from bits_wsgi.server import RequestInfo
 
+from .support.clock import Clock
+
 REQUEST = RequestInfo(identity="alice", destination="f.bin", url="http://h/f.bin")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def create(server: UploadServer, request: RequestInfo = REQUEST) -> str:
@@ -43,7 +38,7 @@ def create(server: UploadServer, request: RequestInfo = REQUEST) -> str:
 
 
 def test_sweep_removes_only_idle_sessions(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     server = UploadServer(
         UploadDirectory(upload_dir=tmp_path, session_timeout=60), clock=clock, sweep_interval=None
     )
@@ -57,7 +52,7 @@ def test_sweep_removes_only_idle_sessions(tmp_path: Path) -> None:
 
 
 def test_sweep_never_deletes_a_session_in_use(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     server = UploadServer(
         UploadDirectory(upload_dir=tmp_path, session_timeout=60), clock=clock, sweep_interval=None
     )
@@ -80,22 +75,36 @@ def test_sweep_skips_unreadable_records(tmp_path: Path) -> None:
 def test_the_server_sweeps_by_itself_without_traffic(tmp_path: Path) -> None:
     """Sessions left from before the start, and not one request: the timer alone removes the
     stale one (no cron, no Create-Session to trigger it) and keeps the live one."""
+    import threading
+
     from bits_wsgi.testing import SESSION_A, SESSION_B, new_record
 
-    backend = FilesystemBackend(tmp_path)
+    class CountingSweeps(FilesystemBackend):
+        """Every sweep lists the sessions once: the test waits for sweeps, not for time."""
+
+        def __init__(self, root: Path) -> None:
+            super().__init__(root)
+            self.sweeps = 0
+            self.swept = threading.Condition()
+
+        def session_ids(self) -> Iterator[str]:
+            yield from super().session_ids()
+            with self.swept:
+                self.sweeps += 1
+                self.swept.notify_all()
+
+    backend = CountingSweeps(tmp_path)
     stale, live = new_record(SESSION_A), new_record(SESSION_B)
     stale.last_activity = time.time() - 3600
     live.last_activity = time.time()
     backend.create(stale)
     backend.create(live)
     directory = UploadDirectory(upload_dir=tmp_path, session_timeout=60)
-    server = UploadServer(directory, sweep_interval=0.05)
+    server = UploadServer(directory, backend, sweep_interval=0.05)
     try:
-        deadline = time.monotonic() + 10
-        while backend.load(SESSION_A) is not None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        with backend.swept:  # three timed sweeps, each after the one that removed the stale
+            assert backend.swept.wait_for(lambda: backend.sweeps >= 3, timeout=30)
         assert backend.load(SESSION_A) is None
-        time.sleep(0.2)  # several more sweeps
         assert backend.load(SESSION_B) is not None
     finally:
         server.close()

@@ -10,7 +10,7 @@ import pytest
 from bits_wsgi.backends import Backend, FilesystemBackend, MemoryBackend
 from bits_wsgi.testing import BackendContract
 
-from ..s3_server import new_bucket, s3_client
+from ..support.s3 import new_bucket, s3_client
 
 
 class TestFilesystemBackend(BackendContract):

@@ -117,7 +117,7 @@ def test_records_expire_in_redis(redis_url: str, tmp_path: Path, prefix: str) ->
 
 
 def test_redis_unreachable_is_503(tmp_path: Path) -> None:
-    from .._ports import closed_port
+    from ..support.ports import free_port as closed_port
 
     unreachable = RedisBackend(tmp_path / "shared", url=f"redis://127.0.0.1:{closed_port()}/0")
     client = BitsClient(BITSMiddleware(fallback_app, tmp_path / "uploads", backend=unreachable))

@@ -21,7 +21,7 @@ from bits_wsgi.paths import Destination
 from bits_wsgi.testing import DESTINATION, SESSION_A, new_record
 
 from ..conftest import BitsClient, error_of, fallback_app
-from ..s3_server import new_bucket, s3_client
+from ..support.s3 import new_bucket, s3_client
 
 PART = MIN_PART_SIZE
 
@@ -345,7 +345,7 @@ def test_cleanup_command_aborts_expired_uploads_in_s3(
     and its staged bytes deleted; the live one keeps both."""
     from bits_wsgi.cli import main
 
-    from ..s3_server import s3_environment
+    from ..support.s3 import s3_environment
 
     for name, value in s3_environment(s3_endpoint).items():
         monkeypatch.setenv(name, value)

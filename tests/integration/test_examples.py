@@ -15,7 +15,8 @@ import pytest
 
 from bits_wsgi.client import UploadClient
 
-from .helpers import Server, free_port
+from ..support.ports import free_port
+from .helpers import Server
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from ..s3_server import new_bucket, s3_client, s3_environment
+from ..support.s3 import new_bucket, s3_client, s3_environment
 from .helpers import RawBits, Server, start_serve
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import RawBits, Server, bits_serve, free_port, start_serve, status_kib
+from ..support.ports import free_port
+from .helpers import RawBits, Server, bits_serve, start_serve, status_kib
 
 pytestmark = pytest.mark.integration
 

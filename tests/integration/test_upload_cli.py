@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import bits_serve, free_port
+from ..support.ports import free_port
+from .helpers import bits_serve
 
 pytestmark = pytest.mark.integration
 

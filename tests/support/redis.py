@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .local_server import running
+from .servers import running
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from .local_server import running
+from .servers import running
 
 
 def s3_environment(endpoint: str) -> dict[str, str]:

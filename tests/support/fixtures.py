@@ -1,0 +1,6 @@
+"""Fixtures every test module may use, loaded by ``pytest_plugins`` in tests/conftest.py."""
+
+from .redis import redis_url
+from .s3 import s3_endpoint
+
+__all__ = ["redis_url", "s3_endpoint"]
