@@ -71,8 +71,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("bits_wsgi")
 
 METHOD_OVERRIDE_KEY = "HTTP_X_HTTP_METHOD_OVERRIDE"
-REPLIES_PATH = f"{paths.STATE_DIR_NAME}/Replies/"
-REPLY_NAME = "responsefile.bin"
 
 
 class BITSMiddleware:
@@ -153,12 +151,8 @@ class BITSMiddleware:
         server = self.route(environ)
         if server is None or not server.directory.reply_mode:
             return None
-        path = environ.get("PATH_INFO", "")
-        start = server.directory.prefix + REPLIES_PATH
-        if not path.lower().startswith(start.lower()):
-            return None
-        session_part, _, name = path[len(start) :].partition("/")
-        return server, session_part if name == REPLY_NAME else ""
+        session = paths.reply_session(environ.get("PATH_INFO", "")[len(server.directory.prefix) :])
+        return None if session is None else (server, session)
 
     def serve_reply(
         self,

@@ -32,6 +32,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 from werkzeug.datastructures import Headers
 
 from .errors import CONTEXT_APPLICATION, E_INVALIDARG, BITSError, http_error_hresult
+from .protocol import MAX_URL_LENGTH
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 NotificationType = Literal["none", "by-reference", "by-value"]
 
 #: MC-BUP caps URLs at 2,200 characters.
-MAX_URL_LENGTH = 2200
 COPY_HEADER = "BITS-Copy-File-To-Destination"
 STATIC_URL_HEADER = "BITS-Static-Response-URL"
 #: Statuses the client reads as protocol signals: relayed as a 500 instead (§5.1).

@@ -17,11 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InvalidRequest
+from .protocol import MAX_URL_LENGTH
 
 #: Folder below every upload root that holds sessions and replies; never a destination.
 STATE_DIR_NAME = "BITS-Sessions"
-#: MC-BUP caps URLs at 2,200 characters.
-MAX_TARGET_LENGTH = 2200
+#: Where replies are, below an upload directory's prefix (URLs) and its state (files), as IIS
+#: lays them out: ``BITS-Sessions/Replies/{ID}/responsefile.bin``.
+REPLIES_FOLDER = "Replies"
+REPLY_NAME = "responsefile.bin"
+_REPLIES_BELOW_PREFIX = f"{STATE_DIR_NAME}/{REPLIES_FOLDER}/"
 MAX_SEGMENT_BYTES = 255
 
 _FORBIDDEN_CHARS = frozenset('\\:*?"<>|')
@@ -33,8 +37,8 @@ _DEVICE_NAMES = frozenset(
 
 
 def check_target_length(target: str) -> None:
-    if len(target) > MAX_TARGET_LENGTH:
-        raise InvalidRequest(f"request target longer than {MAX_TARGET_LENGTH} characters")
+    if len(target) > MAX_URL_LENGTH:
+        raise InvalidRequest(f"request target longer than {MAX_URL_LENGTH} characters")
 
 
 def destination_key(path_below_prefix: str) -> str:
@@ -65,6 +69,20 @@ def _check_segment(segment: str) -> None:
         raise InvalidRequest(f"path segment longer than {MAX_SEGMENT_BYTES} bytes")
     if segment.split(".", 1)[0].rstrip(" ").upper() in _DEVICE_NAMES:
         raise InvalidRequest(f"Windows device name {segment!r} as destination")
+
+
+def reply_location(session_id: str) -> str:
+    """The reply's URL path below the upload directory's prefix (braces percent-encoded)."""
+    return f"{_REPLIES_BELOW_PREFIX}%7B{session_id}%7D/{REPLY_NAME}"
+
+
+def reply_session(path_below_prefix: str) -> str | None:
+    """The raw session id a GET below the prefix asks the reply of: ``None`` if the path is not
+    under the replies at all, ``""`` if it is there but names no reply file."""
+    if not path_below_prefix.lower().startswith(_REPLIES_BELOW_PREFIX.lower()):
+        return None
+    session_part, _, name = path_below_prefix[len(_REPLIES_BELOW_PREFIX) :].partition("/")
+    return session_part if name == REPLY_NAME else ""
 
 
 def state_dir(root: Path) -> Path:

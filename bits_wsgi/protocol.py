@@ -35,6 +35,10 @@ MAX_OFFSET = 2**63
 DEFAULT_ERROR_HEADERS = ("BITS-Error-Code", "BITS-Error")
 
 
+#: MC-BUP caps URLs at 2,200 characters: request targets, notification and reply URLs.
+MAX_URL_LENGTH = 2200
+
+
 class PacketType(enum.Enum):
     PING = "Ping"
     CREATE_SESSION = "Create-Session"

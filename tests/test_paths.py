@@ -158,3 +158,16 @@ def test_prepare_catches_a_symlink_planted_after_the_first_check(tmp_path: Path)
     with pytest.raises(InvalidRequest):
         prepare_destination(root, "late/f.bin")
     assert list(outside.iterdir()) == []
+
+
+def test_the_reply_location_is_built_and_read_in_one_place() -> None:
+    from bits_wsgi.paths import reply_location, reply_session
+
+    key = "A0FF5911-4144-45B3-BF27-27AFC8EC8A67"
+    location = reply_location(key)
+    assert location == f"BITS-Sessions/Replies/%7B{key}%7D/responsefile.bin"
+    # a WSGI server hands PATH_INFO over percent-decoded
+    assert reply_session(location.replace("%7B", "{").replace("%7D", "}")) == f"{{{key}}}"
+    assert reply_session(f"bits-sessions/replies/{{{key}}}/responsefile.bin") == f"{{{key}}}"
+    assert reply_session(f"BITS-Sessions/Replies/{{{key}}}/other.bin") == ""
+    assert reply_session("dumps/f.bin") is None

@@ -22,11 +22,10 @@ from pathlib import Path
 
 from .._files import publish
 from ..errors import CorruptRecord
-from ..paths import Destination
+from ..paths import REPLIES_FOLDER, REPLY_NAME, Destination
 from ..session import SessionRecord
 
 DATA_NAME = "requestfile.bin"
-REPLY_NAME = "responsefile.bin"
 #: Fragments at least this big start their writeback at once (see write()).
 _WRITEBACK_MIN = 256 * 1024
 
@@ -35,7 +34,7 @@ class DirectoryStore:
     def __init__(self, state: str | os.PathLike[str]) -> None:
         self.state = Path(state)
         self._requests = self.state / "Requests"
-        self._replies = self.state / "Replies"
+        self._replies = self.state / REPLIES_FOLDER
         for folder in (self._requests, self._replies):
             folder.mkdir(parents=True, exist_ok=True)
         # Plain strings for the paths every packet touches: pathlib costs more than the syscalls.

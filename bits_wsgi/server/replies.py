@@ -1,7 +1,7 @@
 """Upload-reply mode (PROTOCOL.md §7): notifying the server application, storing its answer's
 reply, the reply URL, and who may download a reply.
 
-The reply URL is built here; the middleware recognises it when a GET comes (``REPLIES_PATH``).
+The reply URL has one owner, ``paths.reply_location`` (and ``paths.reply_session`` reads it back).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..config import UploadDirectory
 from ..errors import BITSError, InternalError, InvalidRequest
 from ..notify import CallableTarget, HttpTarget, Target, Upload, deliver
 from ..observe import client_text
-from ..protocol import format_session_id
+from ..protocol import MAX_URL_LENGTH, format_session_id
 from ..session import SessionRecord
 
 log = logging.getLogger("bits_wsgi")
@@ -111,10 +111,10 @@ class Replies:
         """Absolute, on the host of the completing request (D20)."""
         url = (
             f"{request.base_url.rstrip('/')}{self.directory.prefix}"
-            f"{paths.STATE_DIR_NAME}/Replies/%7B{session_id}%7D/responsefile.bin"
+            f"{paths.reply_location(session_id)}"
         )
-        if len(url) > paths.MAX_TARGET_LENGTH:
-            raise InvalidRequest("reply URL longer than 2,200 characters")
+        if len(url) > MAX_URL_LENGTH:
+            raise InvalidRequest(f"reply URL longer than {MAX_URL_LENGTH} characters")
         return url
 
     def downloadable(self, record: SessionRecord, identity: str) -> Path:
