@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from bits_wsgi import BasicAuth, BITSMiddleware
-from bits_wsgi.client import Progress, UploadClient, UploadError
-from bits_wsgi.progress import ProgressPrinter, describe
+from bits_wsgi.client import Progress, ProgressPrinter, UploadClient, UploadError, describe
 
 from .conftest import WSGI, fallback_app
 

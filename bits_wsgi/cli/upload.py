@@ -8,8 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..client import UploadClient
-from ..progress import ProgressPrinter
+from ..client import ProgressPrinter, UploadClient
 
 
 def upload(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-from .protocol import PROTOCOL_GUID
+from ..protocol import PROTOCOL_GUID
 
 MIN_FRAGMENT = 5 * 1024
 DEFAULT_FRAGMENT = 1024 * 1024

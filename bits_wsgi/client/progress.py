@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
-from .client import Progress
+from .upload import Progress
 
 MiB = 1024 * 1024
 
