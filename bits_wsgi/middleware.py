@@ -49,7 +49,7 @@ from .body import BodyReader
 from .config import UploadDirectory
 from .errors import BITSError, InternalError, NotUploadDirectory
 from .events import Events
-from .notify import WsgiTarget
+from .in_process import WsgiTarget
 from .observe import PacketRecord
 from .protocol import (
     BITS_METHOD,

@@ -16,10 +16,11 @@ from .. import paths
 from ..backends.base import LocalFiles
 from ..config import UploadDirectory
 from ..errors import BITSError, InternalError, InvalidRequest
-from ..notify import CallableTarget, HttpTarget, Target, Upload, deliver
+from ..notify import Target, Upload
 from ..observe import client_text
 from ..protocol import MAX_URL_LENGTH, format_session_id
 from ..session import SessionRecord
+from .notify import CallableTarget, HttpTarget, deliver
 
 log = logging.getLogger("bits_wsgi")
 
