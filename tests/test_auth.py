@@ -83,7 +83,7 @@ def test_passwords_are_compared_in_constant_time_for_every_name(
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("bits_wsgi.auth.hmac.compare_digest", spy)
+    monkeypatch.setattr("bits_wsgi.wsgi.auth.hmac.compare_digest", spy)
     client = BitsClient(make(upload_dir), path="/up/f.bin")
     attempts = [("alice", "s3cret"), ("alice", "s3creX"), ("mallory", "s3cret"), ("", "x")]
     for name, password in attempts:
@@ -106,7 +106,7 @@ def test_unknown_and_known_names_cost_the_same_whatever_the_lengths(
         lengths.add((len(a), len(b)))
         return real(a, b)
 
-    monkeypatch.setattr("bits_wsgi.auth.hmac.compare_digest", spy)
+    monkeypatch.setattr("bits_wsgi.wsgi.auth.hmac.compare_digest", spy)
     client = BitsClient(make(upload_dir), path="/up/f.bin")
     for name, password in [("alice", "s"), ("alice", "x" * 900), ("mallory", "y" * 700), ("", "")]:
         assert client.ping(headers={"Authorization": basic(name, password)}).status_int == 401

@@ -12,8 +12,8 @@ import webtest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bits_wsgi import BITSMiddleware
-from bits_wsgi.metrics import PrometheusMetrics
-from bits_wsgi.observe import PacketRecord
+from bits_wsgi.wsgi.metrics import PrometheusMetrics
+from bits_wsgi.wsgi.observe import PacketRecord
 
 from .conftest import BitsClient, fallback_app
 

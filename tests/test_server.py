@@ -11,9 +11,9 @@ from werkzeug.datastructures import Headers
 
 from bits_wsgi import UploadDirectory, UploadServer
 from bits_wsgi.backends import FilesystemBackend
-from bits_wsgi.body import BodyReader
 from bits_wsgi.protocol import PROTOCOL_GUID, normalise_session_id, parse
 from bits_wsgi.server import RequestInfo
+from bits_wsgi.wsgi.body import BodyReader
 
 from .support.clock import Clock
 

@@ -11,10 +11,10 @@ import importlib
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, cast
 
-from ..auth import BasicAuth
 from ..client import DEFAULT_FRAGMENT
 from ..config import DEFAULT_SESSION_TIMEOUT
-from ..middleware import BITSMiddleware
+from ..wsgi.auth import BasicAuth
+from ..wsgi.middleware import BITSMiddleware
 from .options import add_backend_arguments, add_directory_options, build_backend, directory_from
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def build_app(args: argparse.Namespace) -> WSGIApplication:
     metrics = None
     if args.metrics_path:
         try:
-            from ..metrics import PrometheusMetrics
+            from ..wsgi.metrics import PrometheusMetrics
 
             metrics = PrometheusMetrics()
         except ImportError as exc:

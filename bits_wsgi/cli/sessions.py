@@ -12,7 +12,7 @@ from .. import paths
 from ..backends import FilesystemBackend
 from ..config import UploadDirectory
 from ..errors import CorruptRecord
-from ..observe import client_text
+from ..escaping import client_text
 from ..protocol import format_session_id
 from ..server import UploadServer
 from .options import build_backend

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..config import directories_from_settings
-from ..middleware import BITSMiddleware
+from ..wsgi.middleware import BITSMiddleware
 
 if TYPE_CHECKING:
     from flask import Flask

@@ -13,13 +13,13 @@ import errno
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 from .. import paths
 from ..backends.base import Backend, LocalFiles, local_files
 from ..backends.filesystem import FilesystemBackend
-from ..body import BodyReader
 from ..config import UploadDirectory
 from ..errors import (
     AccessDenied,
@@ -38,8 +38,8 @@ from ..errors import (
     SessionNotFound,
     ShortBody,
 )
+from ..escaping import client_text
 from ..events import EventKind, Events, SessionEvent
-from ..observe import client_text
 from ..protocol import (
     PROTOCOL_GUID,
     Ack,
@@ -58,6 +58,16 @@ from .replies import Replies, ReplyUnavailable, RequestInfo
 from .upkeep import SWEEP_INTERVAL, Upkeep
 
 log = logging.getLogger("bits_wsgi")
+
+
+class Body(Protocol):
+    """A fragment's body as the server reads it: skip what is held, stream the rest, each a
+    ``ShortBody`` if the client stops early (the WSGI layer's ``BodyReader``)."""
+
+    def skip(self, count: int) -> None: ...
+
+    def chunks(self, count: int) -> Iterator[bytes]: ...
+
 
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -96,7 +106,7 @@ class UploadServer:
 
     # -- entry point ---------------------------------------------------------------------------
 
-    def handle(self, packet: Packet, request: RequestInfo, body: BodyReader) -> Ack:
+    def handle(self, packet: Packet, request: RequestInfo, body: Body) -> Ack:
         """Answer one packet. Never raises: every failure becomes an error Ack."""
         self.upkeep.ensure_running()
         try:
@@ -189,7 +199,7 @@ class UploadServer:
 
     # -- Fragment, Close-Session, Cancel-Session (§3.3–§3.5, §6) -------------------------------
 
-    def _with_session(self, packet: SessionPacket, request: RequestInfo, body: BodyReader) -> Ack:
+    def _with_session(self, packet: SessionPacket, request: RequestInfo, body: Body) -> Ack:
         session_id = normalise_session_id(packet.session_id)
         if session_id is None:
             raise SessionNotFound(f"malformed session id {packet.session_id!r}")
@@ -244,7 +254,7 @@ class UploadServer:
         self._emit("session_expired", record)
 
     def _fragment(
-        self, record: SessionRecord, packet: Fragment, body: BodyReader, request: RequestInfo
+        self, record: SessionRecord, packet: Fragment, body: Body, request: RequestInfo
     ) -> Ack:
         plan = plan_fragment(
             record.received, record.total, packet.range, self.directory.max_upload_size

@@ -16,8 +16,8 @@ from .. import paths
 from ..backends.base import LocalFiles
 from ..config import UploadDirectory
 from ..errors import BITSError, InternalError, InvalidRequest
+from ..escaping import client_text
 from ..notify import Target, Upload
-from ..observe import client_text
 from ..protocol import MAX_URL_LENGTH, format_session_id
 from ..session import SessionRecord
 from .notify import CallableTarget, HttpTarget, deliver

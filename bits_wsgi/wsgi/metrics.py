@@ -2,7 +2,7 @@
 
 ::
 
-    from bits_wsgi.metrics import PrometheusMetrics
+    from bits_wsgi.wsgi.metrics import PrometheusMetrics
 
     app = BITSMiddleware(app, "/srv/uploads", metrics=PrometheusMetrics(), metrics_path="/metrics")
 
@@ -27,7 +27,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from .events import Events, SessionEvent
+from ..events import Events, SessionEvent
 from .observe import PacketRecord
 
 #: From a 64 KiB fragment on loopback to a 13 MB one on a slow link.

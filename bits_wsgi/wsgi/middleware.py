@@ -21,7 +21,7 @@ Several upload directories, each with its own root and settings, mirror IIS virt
         ],
     )
 
-Authentication belongs to an outer layer (a proxy, or :class:`bits_wsgi.auth.BasicAuth`) that
+Authentication belongs to an outer layer (a proxy, or :class:`bits_wsgi.wsgi.auth.BasicAuth`) that
 sets ``REMOTE_USER``; sessions are bound to that identity. See docs/architecture.md for the flow.
 """
 
@@ -32,26 +32,19 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin
 
 from werkzeug.datastructures import EnvironHeaders
-from werkzeug.exceptions import RequestedRangeNotSatisfiable
-from werkzeug.http import parse_range_header
-from werkzeug.wrappers import Response
-from werkzeug.wsgi import get_current_url, wrap_file
+from werkzeug.wsgi import get_current_url
 
-from . import paths
-from .backends.base import Backend
-from .body import BodyReader
-from .config import UploadDirectory
-from .errors import BITSError, InternalError, NotUploadDirectory
-from .events import Events
-from .in_process import WsgiTarget
-from .observe import PacketRecord
-from .protocol import (
+from .. import paths
+from ..backends.base import Backend
+from ..config import UploadDirectory
+from ..errors import BITSError, InternalError, NotUploadDirectory
+from ..events import Events
+from ..protocol import (
     BITS_METHOD,
     DEFAULT_ERROR_HEADERS,
     MAX_HEADER_VALUE,
@@ -61,7 +54,11 @@ from .protocol import (
     parse_envelope,
     parse_packet,
 )
-from .server import ReplyUnavailable, RequestInfo, UploadServer
+from ..server import RequestInfo, UploadServer
+from .body import BodyReader
+from .downloads import serve_reply
+from .in_process import WsgiTarget
+from .observe import PacketRecord
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -82,7 +79,8 @@ class BITSMiddleware:
     :param directories: several upload directories instead (or as well).
     :param backend: the session backend of a single upload directory; by default the
         filesystem backend under ``upload_dir/BITS-Sessions``.
-    :param metrics: counts packets and sessions (:class:`~bits_wsgi.metrics.PrometheusMetrics`).
+    :param metrics: counts packets and sessions
+        (:class:`~bits_wsgi.wsgi.metrics.PrometheusMetrics`).
     :param metrics_path: with ``metrics``, the path where GET reads them (e.g. ``/metrics``);
         without it, expose ``metrics.registry`` yourself.
     """
@@ -161,37 +159,9 @@ class BITSMiddleware:
         server: UploadServer,
         raw_session_id: str,
     ) -> Iterable[bytes]:
-        """GET and HEAD of a reply (PROTOCOL.md §7.5): owner only, single ranges, stable ETag."""
-        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
-            response = Response(status=405, headers={"Allow": "GET, HEAD"})
-            return response(environ, start_response)
-        try:
-            path = server.reply_file(raw_session_id, self._identity(environ, server))
-            # closed by the response's wrap_file iterator, not here
-            handle = open(path, "rb")  # noqa: SIM115
-        except ReplyUnavailable as refused:
-            return Response(status=refused.status)(environ, start_response)
-        except FileNotFoundError:  # closed between the lookup and the open
-            return Response(status=404)(environ, start_response)
-        stat = os.fstat(handle.fileno())
-        response = Response(
-            wrap_file(environ, handle),
-            mimetype="application/octet-stream",
-            direct_passthrough=True,
-        )
-        response.set_etag(f"{raw_session_id.strip('{}').upper()}-{stat.st_size}-{stat.st_mtime_ns}")
-        response.last_modified = datetime.fromtimestamp(stat.st_mtime, UTC)
-        response.content_length = stat.st_size
-        try:
-            response.make_conditional(
-                _single_range_only(environ), accept_ranges=True, complete_length=stat.st_size
-            )
-        except RequestedRangeNotSatisfiable:
-            response.close()
-            unsatisfiable = Response(status=416, headers={"Accept-Ranges": "bytes"})
-            unsatisfiable.headers["Content-Range"] = f"bytes */{stat.st_size}"
-            return unsatisfiable(environ, start_response)
-        return response(environ, start_response)
+        """GET and HEAD of a reply (PROTOCOL.md §7.5), for the identity of the request."""
+        identity = self._identity(environ, server)
+        return serve_reply(environ, start_response, server, raw_session_id, identity)
 
     def route(self, environ: WSGIEnvironment) -> UploadServer | None:
         """The upload directory whose prefix holds ``PATH_INFO`` (D10), if any."""
@@ -309,17 +279,6 @@ def _check_roots(directories: Sequence[UploadDirectory]) -> None:
                 f"{matching_prefix}: clients of {outer.prefix} could write into its files and "
                 "state; give each upload directory a root of its own"
             )
-
-
-def _single_range_only(environ: WSGIEnvironment) -> WSGIEnvironment:
-    """Several ranges, or a Range header that does not parse, get the whole reply (§7.5)."""
-    value = environ.get("HTTP_RANGE")
-    if value is None:
-        return environ
-    parsed = parse_range_header(value)
-    if parsed is not None and len(parsed.ranges) == 1:
-        return environ
-    return {key: item for key, item in environ.items() if key != "HTTP_RANGE"}
 
 
 def _overrides_to_bits(environ: WSGIEnvironment) -> bool:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 from werkzeug.exceptions import ClientDisconnected
 
-from .errors import ShortBody
+from ..errors import ShortBody
 
 #: Reads of 1 MiB keep per-request memory small and syscalls few (PROTOCOL.md §4.3: 64 KiB–1 MiB).
 CHUNK_SIZE = 1024 * 1024

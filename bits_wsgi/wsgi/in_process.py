@@ -12,7 +12,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 from werkzeug.datastructures import Headers
 
-from .notify import NotAnAnswer, TargetResponse, Upload, notification_headers, with_query
+from ..notify import NotAnAnswer, TargetResponse, Upload, notification_headers, with_query
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment

@@ -8,17 +8,15 @@ record as ``record.bits`` (a dict), for JSON log formatters.
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from dataclasses import dataclass, fields
+
+from ..escaping import client_text
 
 log = logging.getLogger("bits_wsgi")
 
 #: Client-chosen values are cut to this many characters in the log.
 MAX_FIELD = 120
-#: Printable ASCII but the quote and the backslash: written as it is.
-_PLAIN = re.compile(r"[!#-\[\]-~]+")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,13 +64,3 @@ _FIELDS = tuple(field.name for field in fields(PacketRecord))
 
 def _value(text: str) -> str:
     return client_text(text, MAX_FIELD)
-
-
-def client_text(text: str, limit: int | None = None) -> str:
-    """Client-chosen text as it may reach a log line or a terminal (PROTOCOL.md §9.3): as it is
-    when plain printable ASCII, else a JSON string, whose escapes leave no control character,
-    line or paragraph separator, or bidirectional override in the output."""
-    text = text[:limit]
-    if not text:
-        return "-"
-    return text if _PLAIN.fullmatch(text) else json.dumps(text)

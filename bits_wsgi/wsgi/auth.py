@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 from werkzeug.datastructures import Authorization
 
-from .errors import AuthenticationRequired
-from .protocol import BITS_METHOD, DEFAULT_ERROR_HEADERS, Ack
+from ..errors import AuthenticationRequired
+from ..protocol import BITS_METHOD, DEFAULT_ERROR_HEADERS, Ack
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
