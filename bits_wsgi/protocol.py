@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import re
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -70,20 +71,34 @@ _GUID_RE = re.compile(
 )
 
 
-def normalise_session_id(raw: str) -> str | None:
-    """The canonical key of a session id (upper-case, no braces), or None if it is no GUID.
+@dataclass(frozen=True, slots=True)
+class SessionId:
+    """A session's id: one value, with its two spellings (D12).
 
-    Only this value is ever used in a path or a storage key (PROTOCOL.md §6.1).
+    ``key`` is the upper-case GUID without braces: what backends store and name their files and
+    keys after. ``wire`` is the braced form the client sends and receives. Only an id the server
+    made (:meth:`new`, a uuid4 from the OS CSPRNG) or a client's text that :meth:`parse` accepts
+    becomes one, so no other text reaches a path or a key (PROTOCOL.md §6.1).
     """
-    match = _GUID_RE.fullmatch(raw.strip())
-    if match is None:
-        return None
-    return match.group(1).upper()
 
+    key: str
 
-def format_session_id(key: str) -> str:
-    """The wire form of a session id: upper-case and braced (D12)."""
-    return "{" + key.upper() + "}"
+    @classmethod
+    def new(cls) -> SessionId:
+        return cls(str(uuid.uuid4()).upper())
+
+    @classmethod
+    def parse(cls, raw: str) -> SessionId | None:
+        """The id a client's text names (braces optional, any case), or None if it is none."""
+        match = _GUID_RE.fullmatch(raw.strip())
+        return None if match is None else cls(match.group(1).upper())
+
+    @property
+    def wire(self) -> str:
+        return "{" + self.key + "}"
+
+    def __str__(self) -> str:
+        return self.wire
 
 
 # -- packets ---------------------------------------------------------------------------------
@@ -132,7 +147,9 @@ class CreateSession:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Fragment:
     packet_type = PacketType.FRAGMENT
-    session_id: str
+    #: None if the header is no GUID: an unknown session, answered after the other checks
+    session_id: SessionId | None
+    raw_session_id: str
     range: FragmentRange
     content_length: int
 
@@ -140,13 +157,15 @@ class Fragment:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CloseSession:
     packet_type = PacketType.CLOSE_SESSION
-    session_id: str
+    session_id: SessionId | None
+    raw_session_id: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CancelSession:
     packet_type = PacketType.CANCEL_SESSION
-    session_id: str
+    session_id: SessionId | None
+    raw_session_id: str
 
 
 Packet = Ping | CreateSession | Fragment | CloseSession | CancelSession
@@ -192,13 +211,14 @@ def parse_packet(envelope: Envelope, headers: Headers) -> Packet:
             raise InvalidRequest("no supported protocol in BITS-Supported-Protocols")
         return CreateSession(protocols=protocols)
 
-    session_id = headers.get("BITS-Session-Id", "").strip()
-    if not session_id:
+    raw = headers.get("BITS-Session-Id", "").strip()
+    if not raw:
         raise InvalidRequest(f"{kind.value} without BITS-Session-Id")
+    session_id = SessionId.parse(raw)
     if kind is PacketType.CLOSE_SESSION:
-        return CloseSession(session_id=session_id)
+        return CloseSession(session_id=session_id, raw_session_id=raw)
     if kind is PacketType.CANCEL_SESSION:
-        return CancelSession(session_id=session_id)
+        return CancelSession(session_id=session_id, raw_session_id=raw)
 
     fragment_range = parse_fragment_range(headers.get("Content-Range"))
     if envelope.content_length != fragment_range.length:
@@ -206,7 +226,10 @@ def parse_packet(envelope: Envelope, headers: Headers) -> Packet:
             f"Content-Length {envelope.content_length} does not match range {fragment_range}"
         )
     return Fragment(
-        session_id=session_id, range=fragment_range, content_length=envelope.content_length
+        session_id=session_id,
+        raw_session_id=raw,
+        range=fragment_range,
+        content_length=envelope.content_length,
     )
 
 

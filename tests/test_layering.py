@@ -7,7 +7,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bits_wsgi"
 
-# module -> modules of the package it may import
+# module -> modules of the package it may import (backends name files and keys after
+# protocol.SessionId's spellings)
 ALLOWED = {
     "errors": set(),
     "protocol": {"errors"},
@@ -25,11 +26,18 @@ ALLOWED = {
     "notify": {"protocol"},
     "_files": {"errors"},
     "backends.base": {"paths", "session"},
-    "backends.files": {"_files", "errors", "paths", "session"},
-    "backends.filesystem": {"_files", "backends.files", "errors", "paths", "session"},
+    "backends.files": {"_files", "errors", "paths", "protocol", "session"},
+    "backends.filesystem": {
+        "_files",
+        "backends.files",
+        "errors",
+        "paths",
+        "protocol",
+        "session",
+    },
     "backends.memory": {"_files", "errors", "paths", "session"},
     "backends.redis": {"backends.base", "backends.files", "errors", "paths", "session"},
-    "backends.s3": {"errors", "paths"},
+    "backends.s3": {"errors", "paths", "protocol"},
 }
 
 

@@ -17,9 +17,10 @@ from werkzeug.test import Client
 
 from bits_wsgi import BITSMiddleware, UploadDirectory
 from bits_wsgi.backends import FilesystemBackend
-from bits_wsgi.protocol import PROTOCOL_GUID, normalise_session_id
+from bits_wsgi.protocol import PROTOCOL_GUID
 
 from .conftest import BitsClient, call, error_of, fallback_app, raw_environ
+from .support.ids import key_of
 
 Make = Callable[..., BitsClient]
 
@@ -143,7 +144,7 @@ def test_appendix_a1_upload_replayed(upload_dir: Path) -> None:
     )
     assert created.status == "200 OK"
     session_id = created.headers["BITS-Session-Id"]
-    assert normalise_session_id(session_id) is not None
+    assert key_of(session_id) is not None
     assert session_id == session_id.upper() and session_id.startswith("{")
     assert list(created.headerlist) == [
         ("BITS-Packet-Type", "Ack"),
@@ -697,7 +698,7 @@ def test_busy_session_is_503_not_session_not_found(make_client: Make, upload_dir
     client = make_client(lock_timeout=0.05)
     client.create()
     assert client.session_id is not None
-    key = normalise_session_id(client.session_id)
+    key = key_of(client.session_id)
     assert key is not None
     with FilesystemBackend(upload_dir).lock(key, 1.0):
         response = client.fragment(b"x", 0, 2)
@@ -914,7 +915,7 @@ def test_a_crash_between_the_last_bytes_and_the_commit_is_recovered(
     client = make_client()
     client.create()
     assert client.session_id is not None
-    key = normalise_session_id(client.session_id)
+    key = key_of(client.session_id)
     assert key is not None
     FilesystemBackend(upload_dir).write(key, 0, [b"all the bytes"])  # then the worker died
     response = client.fragment(b"all the bytes", 0, 13)

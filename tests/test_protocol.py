@@ -16,8 +16,7 @@ from bits_wsgi.protocol import (
     FragmentRange,
     PacketType,
     Ping,
-    format_session_id,
-    normalise_session_id,
+    SessionId,
     parse,
     parse_envelope,
     parse_fragment_range,
@@ -206,11 +205,15 @@ def test_ping_ignores_a_session_id() -> None:
     ],
 )
 def test_normalise_session_id(raw: str, key: str | None) -> None:
-    assert normalise_session_id(raw) == key
+    parsed = SessionId.parse(raw)
+    assert (parsed.key if parsed is not None else None) == key
 
 
 def test_format_session_id_is_braced_upper_case() -> None:
-    assert format_session_id("a0ff5911-4144-45b3-bf27-27afc8ec8a67") == SID
+    parsed = SessionId.parse("a0ff5911-4144-45b3-bf27-27afc8ec8a67")
+    assert parsed is not None and parsed.wire == SID == str(parsed)
+    new = SessionId.new()
+    assert SessionId.parse(new.wire) == new and new.key == new.key.upper()
 
 
 # -- Content-Range (§4.1, §4.6) --------------------------------------------------------------

@@ -11,11 +11,12 @@ from werkzeug.datastructures import Headers
 
 from bits_wsgi import UploadDirectory, UploadServer
 from bits_wsgi.backends import FilesystemBackend
-from bits_wsgi.protocol import PROTOCOL_GUID, normalise_session_id, parse
+from bits_wsgi.protocol import PROTOCOL_GUID, parse
 from bits_wsgi.server import RequestInfo
 from bits_wsgi.wsgi.body import BodyReader
 
 from .support.clock import Clock
+from .support.ids import key_of
 
 REQUEST = RequestInfo(identity="alice", destination="f.bin", url="http://h/f.bin")
 
@@ -32,7 +33,7 @@ def create(server: UploadServer, request: RequestInfo = REQUEST) -> str:
     )
     ack = server.handle(packet, request, BodyReader(lambda n: b"", 0))
     assert ack.status == 200 and ack.session_id is not None
-    key = normalise_session_id(ack.session_id)
+    key = key_of(ack.session_id)
     assert key is not None
     return key
 

@@ -8,7 +8,7 @@
 The filesystem backend keeps its records beside the data; the Redis backend keeps records and
 locks in Redis and the bytes here, in a directory every host mounts (the shared-directory blob
 store; ``bits_wsgi.backends.s3.S3Store`` is the other one). Ids reaching here are normalised
-GUIDs (``protocol.normalise_session_id``), never client text.
+GUIDs (``protocol.SessionId.key``), never client text.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from .._files import publish
 from ..errors import CorruptRecord
 from ..paths import REPLIES_FOLDER, REPLY_NAME, Destination
+from ..protocol import SessionId
 from ..session import SessionRecord
 
 DATA_NAME = "requestfile.bin"
@@ -41,16 +42,16 @@ class DirectoryStore:
         self._requests_str = str(self._requests)
 
     def _session_dir(self, session_id: str) -> Path:
-        return self._requests / f"{{{session_id}}}"
+        return self._requests / SessionId(session_id).wire
 
     def data_path(self, session_id: str) -> Path:
         return self._session_dir(session_id) / DATA_NAME
 
     def _data_str(self, session_id: str) -> str:
-        return f"{self._requests_str}/{{{session_id}}}/{DATA_NAME}"
+        return f"{self._requests_str}/{SessionId(session_id).wire}/{DATA_NAME}"
 
     def reply_path(self, session_id: str) -> Path:
-        folder = self._replies / f"{{{session_id}}}"
+        folder = self._replies / SessionId(session_id).wire
         folder.mkdir(exist_ok=True)
         return folder / REPLY_NAME
 
@@ -65,7 +66,7 @@ class DirectoryStore:
 
     def delete_data(self, session_id: str) -> None:
         shutil.rmtree(self._session_dir(session_id), ignore_errors=True)
-        shutil.rmtree(self._replies / f"{{{session_id}}}", ignore_errors=True)
+        shutil.rmtree(self._replies / SessionId(session_id).wire, ignore_errors=True)
 
     def write(
         self,
@@ -146,7 +147,7 @@ class DirectoryStore:
     def discard_data(self, session_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.data_path(session_id).unlink()
-        shutil.rmtree(self._replies / f"{{{session_id}}}", ignore_errors=True)
+        shutil.rmtree(self._replies / SessionId(session_id).wire, ignore_errors=True)
 
 
 def decode_record(

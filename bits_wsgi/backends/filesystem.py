@@ -31,6 +31,7 @@ from pathlib import Path
 from .._files import atomic_write, fsync_dir
 from ..errors import CorruptRecord, LockTimeout
 from ..paths import state_dir
+from ..protocol import SessionId
 from ..session import SessionRecord
 from .files import DATA_NAME, DirectoryStore
 
@@ -52,7 +53,7 @@ class FilesystemBackend(DirectoryStore):
             folder.mkdir(parents=True, exist_ok=True)
         self._locks_str = str(self._locks)
 
-    # -- paths: ids reaching here are normalised GUIDs (protocol.normalise_session_id) --------
+    # -- paths: ids reaching here are SessionId keys (protocol.SessionId) -----------------------
 
     def _owner_dir(self, owner: str) -> Path:
         return self._owners / hashlib.sha256(owner.encode("utf-8")).hexdigest()[:32]
@@ -72,7 +73,9 @@ class FilesystemBackend(DirectoryStore):
 
     def load(self, session_id: str) -> SessionRecord | None:
         try:
-            with open(f"{self._requests_str}/{{{session_id}}}/{RECORD_NAME}", "rb") as handle:
+            with open(
+                f"{self._requests_str}/{SessionId(session_id).wire}/{RECORD_NAME}", "rb"
+            ) as handle:
                 raw = handle.read()
         except FileNotFoundError:
             return None
@@ -101,7 +104,7 @@ class FilesystemBackend(DirectoryStore):
                 with contextlib.suppress(FileNotFoundError):
                     (self._tombstones / _tombstone_marker(record)).unlink()
         with contextlib.suppress(FileNotFoundError):
-            (self._locks / f"{{{session_id}}}.lock").unlink()
+            (self._locks / f"{SessionId(session_id).wire}.lock").unlink()
 
     # -- locks --------------------------------------------------------------------------------
 
@@ -109,7 +112,7 @@ class FilesystemBackend(DirectoryStore):
     def lock(self, session_id: str, timeout: float) -> Iterator[None]:
         """The session's flock. An unknown session has nothing to exclude (ids are uuid4: none
         can be created meanwhile), so a probe with a random id creates no lock file."""
-        path = f"{self._locks_str}/{{{session_id}}}.lock"
+        path = f"{self._locks_str}/{SessionId(session_id).wire}.lock"
         deadline = time.monotonic() + timeout
         while True:
             fd = self._open_lock_file(path, session_id)
@@ -134,7 +137,7 @@ class FilesystemBackend(DirectoryStore):
         try:
             return os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
-            if not os.path.isdir(f"{self._requests_str}/{{{session_id}}}"):
+            if not os.path.isdir(f"{self._requests_str}/{SessionId(session_id).wire}"):
                 return None
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
@@ -165,7 +168,7 @@ class FilesystemBackend(DirectoryStore):
             if len(oldest) >= limit:
                 break
             session_id = name.partition("-")[2]
-            if os.path.isdir(f"{self._requests_str}/{{{session_id}}}"):
+            if os.path.isdir(f"{self._requests_str}/{SessionId(session_id).wire}"):
                 oldest.append(session_id)
             else:
                 with contextlib.suppress(FileNotFoundError):

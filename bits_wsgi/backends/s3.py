@@ -53,6 +53,7 @@ from typing import IO, Any
 
 from ..errors import BackendUnavailable, DestinationExists, InvalidRequest
 from ..paths import STATE_DIR_NAME, Destination
+from ..protocol import SessionId
 
 #: S3's smallest part (but the last) and its largest number of parts.
 MIN_PART_SIZE = 5 * 1024 * 1024
@@ -149,7 +150,7 @@ class S3Store:
     # -- names --------------------------------------------------------------------------------
 
     def _session_prefix(self, session_id: str) -> str:
-        return f"{self.prefix}{STATE_DIR_NAME}/Requests/{{{session_id}}}/"
+        return f"{self.prefix}{STATE_DIR_NAME}/Requests/{SessionId(session_id).wire}/"
 
     def _manifest_key(self, session_id: str) -> str:
         return self._session_prefix(session_id) + "upload.json"

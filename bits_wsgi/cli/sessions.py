@@ -13,7 +13,7 @@ from ..backends import FilesystemBackend
 from ..config import UploadDirectory
 from ..errors import CorruptRecord
 from ..escaping import client_text
-from ..protocol import format_session_id
+from ..protocol import SessionId
 from ..server import UploadServer
 from .options import build_backend
 
@@ -30,13 +30,13 @@ def sessions(args: argparse.Namespace) -> int:
         try:
             record = backend.load(session_id)
         except CorruptRecord:
-            rows.append({"id": format_session_id(session_id), "state": "unreadable"})
+            rows.append({"id": SessionId(session_id).wire, "state": "unreadable"})
             continue
         if record is None or (record.state.is_tombstone and not args.all):
             continue
         rows.append(
             {
-                "id": format_session_id(record.id),
+                "id": SessionId(record.id).wire,
                 "owner": record.owner,
                 "destination": record.destination,
                 "received": record.received,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -48,9 +47,8 @@ from ..protocol import (
     Fragment,
     Packet,
     Ping,
+    SessionId,
     SessionPacket,
-    format_session_id,
-    normalise_session_id,
 )
 from ..session import FragmentAction, SessionRecord, SessionState, Trigger, plan_fragment
 from .digest import UploadDigests
@@ -159,7 +157,7 @@ class UploadServer:
             raise ServiceUnavailable(f"{settings.max_sessions} sessions open: the server is full")
         now = self._clock()
         record = SessionRecord(
-            id=str(uuid.uuid4()).upper(),
+            id=SessionId.new().key,
             owner=request.identity,
             destination=request.destination,
             url=request.url,
@@ -171,7 +169,7 @@ class UploadServer:
         self._emit("session_created", record)
         return Ack(
             protocol=PROTOCOL_GUID,
-            session_id=format_session_id(record.id),
+            session_id=SessionId(record.id).wire,
             accept_encoding=True,
             host_id=settings.host_id,
             host_id_fallback_timeout=settings.host_id_fallback_timeout
@@ -200,9 +198,9 @@ class UploadServer:
     # -- Fragment, Close-Session, Cancel-Session (§3.3–§3.5, §6) -------------------------------
 
     def _with_session(self, packet: SessionPacket, request: RequestInfo, body: Body) -> Ack:
-        session_id = normalise_session_id(packet.session_id)
-        if session_id is None:
-            raise SessionNotFound(f"malformed session id {packet.session_id!r}")
+        if packet.session_id is None:
+            raise SessionNotFound(f"malformed session id {packet.raw_session_id!r}")
+        session_id = packet.session_id.key
         try:
             with self.backend.lock(session_id, self.directory.lock_timeout):
                 record = self._resolve(session_id, request)
@@ -321,7 +319,7 @@ class UploadServer:
         record.advance(Trigger.FINISHED)
         log.info(
             "session %s: upload of %d bytes to %s complete%s",
-            format_session_id(record.id),
+            SessionId(record.id).wire,
             record.received,
             client_text(record.destination),
             ", committed" if record.committed else "",
@@ -346,9 +344,10 @@ class UploadServer:
 
     def reply_file(self, raw_session_id: str, identity: str) -> Path:
         """The reply a GET may download (§7.5), after the owner check; refreshes activity."""
-        session_id = normalise_session_id(raw_session_id)
-        if session_id is None or self.replies is None:
+        parsed = SessionId.parse(raw_session_id)
+        if parsed is None or self.replies is None:
             raise ReplyUnavailable(404, "no such reply")
+        session_id = parsed.key
         try:
             with self.backend.lock(session_id, self.directory.lock_timeout):
                 try:
@@ -376,7 +375,7 @@ class UploadServer:
         self.events.emit(
             SessionEvent(
                 kind=kind,
-                session_id=format_session_id(record.id),
+                session_id=SessionId(record.id).wire,
                 owner=record.owner,
                 destination=record.destination,
                 prefix=self.directory.prefix,
@@ -419,7 +418,7 @@ class UploadServer:
         self.upkeep.ended(record)
         self.backend.discard_data(record.id)
         self.digests.forget(record.id)
-        log.info("session %s: %s", format_session_id(record.id), tombstone.state.value)
+        log.info("session %s: %s", SessionId(record.id).wire, tombstone.state.value)
         closed = trigger is Trigger.CLOSE
         self._emit("session_closed" if closed else "session_cancelled", record)
         return Ack()

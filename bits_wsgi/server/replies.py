@@ -18,7 +18,7 @@ from ..config import UploadDirectory
 from ..errors import BITSError, InternalError, InvalidRequest
 from ..escaping import client_text
 from ..notify import Target, Upload
-from ..protocol import MAX_URL_LENGTH, format_session_id
+from ..protocol import MAX_URL_LENGTH, SessionId
 from ..session import SessionRecord
 from .notify import CallableTarget, HttpTarget, deliver
 
@@ -62,7 +62,7 @@ class Replies:
         reply_path = self._files.reply_path(record.id)
         by_reference = settings.notification_type == "by-reference"
         upload = Upload(
-            session_id=format_session_id(record.id),
+            session_id=SessionId(record.id).wire,
             owner=record.owner,
             original_url=record.url,
             size=record.received,

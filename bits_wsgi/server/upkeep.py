@@ -16,7 +16,7 @@ from collections.abc import Callable
 from ..backends.base import Backend
 from ..config import UploadDirectory
 from ..errors import CorruptRecord, LockTimeout
-from ..protocol import format_session_id
+from ..protocol import SessionId
 from ..session import MAX_ACTIVITY_RESOLUTION, SessionRecord, activity_resolution, is_expired
 from .session_cap import SessionCap
 from .sweeper import Sweeper
@@ -100,7 +100,7 @@ class Upkeep:
         if not is_expired(record, self._clock(), limit, resolution):
             return False
         self.backend.delete(record.id)
-        log.info("session %s: expired (%s)", format_session_id(record.id), record.state.value)
+        log.info("session %s: expired (%s)", SessionId(record.id).wire, record.state.value)
         if not record.state.is_tombstone:
             if self.session_cap is not None:
                 self.session_cap.released()
