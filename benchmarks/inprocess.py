@@ -152,6 +152,7 @@ def cleanup_rate(root: Path, count: int) -> float:
     populate(root, count)
     server = UploadServer(
         UploadDirectory(upload_dir=root),
+        FilesystemBackend(root),
         sweep_interval=None,
         clock=lambda: time.time() + 10 * 86_400,
     )

@@ -125,6 +125,7 @@ def open_destination_parent(root: Path, key: str) -> Iterator[tuple[int, str]]:
     """
     resolved = resolve_destination(root, key)
     real_root = Path(os.path.realpath(root))
+    real_root.mkdir(parents=True, exist_ok=True)  # the operator's root, made when first needed
     fd = os.open(real_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for segment in resolved.parent.relative_to(real_root).parts:

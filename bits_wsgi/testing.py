@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .backends.base import Backend
+from .backends.base import Backend, local_files
 from .errors import DestinationExists, LockTimeout
 from .paths import Destination
 from .session import SessionRecord, SessionState, Trigger
@@ -278,6 +278,20 @@ class BackendContract:
         backend.delete(SESSION_A)
         assert backend.tombstone_count() == 1
         assert backend.oldest_tombstones(5) == [SESSION_B]
+
+    def test_local_files_keep_and_discard_a_reply(self, backend: Backend) -> None:
+        files = local_files(backend)
+        if files is None:
+            pytest.skip("this backend keeps no files on this host (no upload-reply mode)")
+        backend.create(new_record())
+        files.keep_reply(SESSION_A)
+        assert files.reply_path(SESSION_A).read_bytes() == b""  # no reply is an empty reply
+        files.reply_path(SESSION_A).write_bytes(b"the reply")
+        files.keep_reply(SESSION_A)
+        assert files.reply_path(SESSION_A).read_bytes() == b"the reply"
+        files.discard_reply(SESSION_A)
+        assert not files.reply_path(SESSION_A).exists()
+        files.discard_reply(SESSION_A)  # twice is fine
 
     # -- locks --------------------------------------------------------------------------------
 

@@ -176,6 +176,7 @@ def test_a_damaged_record_is_an_unknown_session_and_nothing_else_breaks(
     # middle of an upgrade), so it is never deleted on a guess (docs/security.md).
     future = UploadServer(
         UploadDirectory(upload_dir=uploads),
+        FilesystemBackend(uploads),
         sweep_interval=None,
         clock=lambda: time.time() + 30 * 86_400,
     )
@@ -189,7 +190,15 @@ def test_a_damaged_record_is_an_unknown_session_and_nothing_else_breaks(
 def _server(uploads: Path, clock: Clock, timeout: float = 3600) -> BitsClient:
     directory = UploadDirectory(upload_dir=uploads, session_timeout=timeout)
     app = BITSMiddleware(fallback_app, directories=[directory])
-    app.servers = [UploadServer(directory, clock=clock, sweep_interval=None, events=app.events)]
+    app.servers = [
+        UploadServer(
+            directory,
+            FilesystemBackend(uploads),
+            clock=clock,
+            sweep_interval=None,
+            events=app.events,
+        )
+    ]
     return BitsClient(app)
 
 

@@ -41,7 +41,10 @@ def create(server: UploadServer, request: RequestInfo = REQUEST) -> str:
 def test_sweep_removes_only_idle_sessions(tmp_path: Path) -> None:
     clock = Clock(1_000_000.0)
     server = UploadServer(
-        UploadDirectory(upload_dir=tmp_path, session_timeout=60), clock=clock, sweep_interval=None
+        UploadDirectory(upload_dir=tmp_path, session_timeout=60),
+        FilesystemBackend(tmp_path),
+        clock=clock,
+        sweep_interval=None,
     )
     old = create(server)
     clock.now += 50
@@ -55,7 +58,10 @@ def test_sweep_removes_only_idle_sessions(tmp_path: Path) -> None:
 def test_sweep_never_deletes_a_session_in_use(tmp_path: Path) -> None:
     clock = Clock(1_000_000.0)
     server = UploadServer(
-        UploadDirectory(upload_dir=tmp_path, session_timeout=60), clock=clock, sweep_interval=None
+        UploadDirectory(upload_dir=tmp_path, session_timeout=60),
+        FilesystemBackend(tmp_path),
+        clock=clock,
+        sweep_interval=None,
     )
     busy = create(server)
     clock.now += 3600
@@ -66,7 +72,9 @@ def test_sweep_never_deletes_a_session_in_use(tmp_path: Path) -> None:
 
 
 def test_sweep_skips_unreadable_records(tmp_path: Path) -> None:
-    server = UploadServer(UploadDirectory(upload_dir=tmp_path), sweep_interval=None)
+    server = UploadServer(
+        UploadDirectory(upload_dir=tmp_path), FilesystemBackend(tmp_path), sweep_interval=None
+    )
     key = create(server)
     (tmp_path / "BITS-Sessions" / "Requests" / f"{{{key}}}" / "session.json").write_text("{")
     assert server.sweep(older_than=0) == 0
@@ -117,7 +125,9 @@ def test_a_discarded_server_stops_sweeping(tmp_path: Path) -> None:
     import threading
 
     before = set(threading.enumerate())
-    server = UploadServer(UploadDirectory(upload_dir=tmp_path), sweep_interval=0.05)
+    server = UploadServer(
+        UploadDirectory(upload_dir=tmp_path), FilesystemBackend(tmp_path), sweep_interval=0.05
+    )
     (sweeper,) = [t for t in set(threading.enumerate()) - before if t.name == "bits-wsgi-sweep"]
     del server
     gc.collect()

@@ -139,6 +139,12 @@ class LocalFiles(Protocol):
     def reply_path(self, session_id: str) -> Path:
         """Where the session's reply lives; its folder is created if missing."""
 
+    def discard_reply(self, session_id: str) -> None:
+        """Remove the session's reply file, if there is one."""
+
+    def keep_reply(self, session_id: str) -> None:
+        """Make sure the session has a reply file (an empty one if the application wrote none)."""
+
 
 def local_files(backend: object) -> LocalFiles | None:
     """The backend's files on this host, if it keeps them: itself, or its blob store."""

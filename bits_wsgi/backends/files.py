@@ -55,6 +55,15 @@ class DirectoryStore:
         folder.mkdir(exist_ok=True)
         return folder / REPLY_NAME
 
+    def discard_reply(self, session_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._replies / SessionId(session_id).wire / REPLY_NAME)
+
+    def keep_reply(self, session_id: str) -> None:
+        path = self.reply_path(session_id)
+        if not path.exists():
+            path.touch()
+
     def decode_record(self, session_id: str, raw: bytes | str) -> SessionRecord:
         return decode_record(session_id, raw, self.data_size)
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from .. import paths
-from ..backends import FilesystemBackend
+from ..backends import FilesystemBackend, default_backend
 from ..config import UploadDirectory
 from ..errors import CorruptRecord
 from ..escaping import client_text
@@ -69,9 +69,10 @@ def sessions(args: argparse.Namespace) -> int:
 def cleanup(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.root):
         raise ValueError(f"{args.root} is not a directory")
+    root = Path(args.root)
     server = UploadServer(
-        UploadDirectory(upload_dir=Path(args.root)),
-        build_backend(args),
+        UploadDirectory(upload_dir=root),
+        build_backend(args) or default_backend(root),
         sweep_interval=None,
     )
     removed = server.sweep(older_than=args.older_than)

@@ -18,7 +18,6 @@ from typing import Protocol
 
 from .. import paths
 from ..backends.base import Backend, LocalFiles, local_files
-from ..backends.filesystem import FilesystemBackend
 from ..config import UploadDirectory
 from ..errors import (
     AccessDenied,
@@ -74,17 +73,16 @@ class UploadServer:
     def __init__(
         self,
         directory: UploadDirectory,
-        backend: Backend | None = None,
+        backend: Backend,
         *,
         clock: Callable[[], float] = time.time,
         sweep_interval: float | None = SWEEP_INTERVAL,
         events: Events | None = None,
     ) -> None:
+        """``backend`` is where the sessions live: the caller chooses it (the middleware's
+        default is ``backends.default_backend``); the server does no file I/O of its own."""
         self.directory = directory
-        directory.upload_dir.mkdir(parents=True, exist_ok=True)
-        self.backend: Backend = (
-            backend if backend is not None else FilesystemBackend(directory.upload_dir)
-        )
+        self.backend = backend
         self._files: LocalFiles | None = local_files(self.backend)
         self.replies: Replies | None = None
         if directory.reply_mode:

@@ -6,7 +6,6 @@ The reply URL has one owner, ``paths.reply_location`` (and ``paths.reply_session
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +69,7 @@ class Replies:
             data_path=self._files.data_path(record.id),
             reply_path=reply_path if by_reference else None,
         )
-        with contextlib.suppress(FileNotFoundError):
-            reply_path.unlink()  # nothing of an earlier failed attempt is kept
+        self._files.discard_reply(record.id)  # nothing of an earlier failed attempt is kept
         try:
             answer = deliver(
                 self._target(request),
@@ -81,19 +79,16 @@ class Replies:
                 settings.notification_timeout,
             )
         except BITSError as error:
-            with contextlib.suppress(FileNotFoundError):
-                reply_path.unlink()
+            self._files.discard_reply(record.id)
             log.warning(
                 "session %s: notification failed: %s", upload.session_id, client_text(str(error))
             )
             raise
         if answer.static_url is not None:
-            with contextlib.suppress(FileNotFoundError):
-                reply_path.unlink()  # a static reply is the application's, never stored here
+            self._files.discard_reply(record.id)  # a static reply is the application's, not ours
             record.reply_url = answer.static_url
         else:
-            if not reply_path.exists():
-                reply_path.touch()  # D22: no reply is an empty reply
+            self._files.keep_reply(record.id)  # D22: no reply is an empty reply
             record.reply_url = self._reply_url(request, record.id)
         record.notified = True
         record.copy_to_destination = answer.copy_to_destination

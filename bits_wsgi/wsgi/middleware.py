@@ -40,7 +40,7 @@ from werkzeug.datastructures import EnvironHeaders
 from werkzeug.wsgi import get_current_url
 
 from .. import paths
-from ..backends.base import Backend
+from ..backends import Backend, default_backend
 from ..config import UploadDirectory
 from ..errors import BITSError, InternalError, NotUploadDirectory
 from ..events import Events
@@ -114,7 +114,10 @@ class BITSMiddleware:
         self.events = Events()
         # Longest prefix first, so /uploads/private/ wins over /uploads/.
         self.servers = sorted(
-            (UploadServer(d, backend, events=self.events) for d in configured),
+            (
+                UploadServer(d, backend or default_backend(d.upload_dir), events=self.events)
+                for d in configured
+            ),
             key=lambda server: len(server.directory.prefix),
             reverse=True,
         )
