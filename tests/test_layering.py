@@ -73,3 +73,11 @@ def test_nothing_below_the_middleware_knows_wsgi() -> None:
     for module in [*(m for m in ALLOWED if m != "wsgi.metrics"), *server]:
         source = (PACKAGE / (module.replace(".", "/") + ".py")).read_text()
         assert "environ" not in source, module
+
+
+def test_no_module_above_350_lines_without_a_reason_at_its_top() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        if text.count("\n") > 350:
+            docstring = ast.get_docstring(ast.parse(text)) or ""
+            assert "Longer than 350 lines because" in docstring, path.relative_to(PACKAGE)

@@ -24,6 +24,10 @@ The offset is the length of the data the blob store holds, as in the filesystem 
 can never run ahead of the bytes. Locks are held with a TTL renewed by a thread while the holder
 lives: a killed host's lock frees itself within ``lock_ttl`` seconds, and only the token's owner
 can renew or release it.
+
+Longer than 350 lines because the lease, the record and the writer mark are fenced together:
+the Lua scripts, the lock with its renewal and takeover, and the saves that check them belong
+to one invariant (§10.1) and would only be harder to check apart.
 """
 
 from __future__ import annotations

@@ -36,6 +36,10 @@ A fragment is spooled to a local temporary file before anything is sent, so a cl
 disconnects mid-body changes nothing in S3. A session cancelled, closed or expired aborts its
 multipart upload; a host killed between starting an upload and recording it can leave an
 orphan, which the bucket's ``AbortIncompleteMultipartUpload`` lifecycle rule removes.
+
+Longer than 350 lines because one invariant runs through the whole module: the offset is the
+contiguous parts plus the chain of chunks, and every write, cut, commit and abort keeps it; the
+long docstring above says how, and splitting the steps would split that reasoning.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ it, for Linux and macOS. It imports only ``protocol`` and ``errors`` of the pack
     result = UploadClient("http://server:8000/uploads/dump.bin").upload("dump.bin")
 """
 
+from .errors import UploadError
 from .progress import ProgressPrinter, describe
-from .upload import DEFAULT_FRAGMENT, Progress, UploadClient, UploadError, UploadResult
+from .upload import DEFAULT_FRAGMENT, Progress, UploadClient, UploadResult
 
 __all__ = [
     "DEFAULT_FRAGMENT",

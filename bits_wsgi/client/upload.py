@@ -19,12 +19,9 @@ on the next run.
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
-import json
 import os
 import random
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,23 +30,16 @@ from typing import IO
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from ..protocol import PROTOCOL_GUID
+from .acks import SESSION_NOT_FOUND, ReceivedAck, is_transient
+from .errors import Transient, UploadError, raise_if_final
+from .reply import MAX_REPLY_SIZE, ReplyDownload
+from .state import ResumeState
 
 MIN_FRAGMENT = 5 * 1024
 DEFAULT_FRAGMENT = 1024 * 1024
 MAX_FRAGMENT = 8 * 1024 * 1024
-SESSION_NOT_FOUND = "0x8020001F"
 #: Fragment Acks in a row that may acknowledge no progress before the client gives up.
 STALL_LIMIT = 16
-#: The largest reply the client downloads.
-MAX_REPLY_SIZE = 1024 * 1024 * 1024
-
-
-class UploadError(Exception):
-    """The upload cannot go on: a fatal Ack, or retries exhausted."""
-
-
-class _Transient(Exception):
-    """Worth retrying: a network error, 503, or a 5xx the client retries (§5.2)."""
 
 
 @dataclass(frozen=True)
@@ -67,29 +57,6 @@ class UploadResult:
     reply_url: str | None
     reply_path: Path | None
     restarts: int
-
-
-@dataclass
-class _Ack:
-    status: int
-    headers: dict[str, str]
-
-    def get(self, name: str) -> str | None:
-        return self.headers.get(name.lower())
-
-    @property
-    def received(self) -> int | None:
-        """The Ack's offset; a value that is not ASCII digits is the server's protocol error."""
-        value = self.get("BITS-Received-Content-Range")
-        if value is None:
-            return None
-        if not (value.isascii() and value.isdigit()):
-            raise UploadError(f"invalid BITS-Received-Content-Range {value[:40]!r}")
-        return int(value)
-
-    @property
-    def error(self) -> str:
-        return self.get("BITS-Error-Code") or self.get("BITS-Error") or "-"
 
 
 class UploadClient:
@@ -133,6 +100,7 @@ class UploadClient:
         self.max_backoff = max_backoff
         self.timeout = timeout
         self.state_file = Path(state_file) if state_file is not None else None
+        self._state = ResumeState(self.state_file, url)
         self._progress = progress
         self._sleep = sleep
         self.stall_limit = stall_limit
@@ -157,13 +125,15 @@ class UploadClient:
         total = stat.st_size
         restarts = 0
         started = time.monotonic()
-        session_id, offset = self._resume_state(source, stat)
+        session_id, offset, host = self._state.load(source, stat)
+        if host is not None and host != self._origin.netloc:
+            self._host = host
         with open(source, "rb") as data:
             while True:
                 if session_id is None:
                     session_id = self._create()
                     offset = 0
-                    self._save_state(source, stat, session_id, offset)
+                    self._state.save(source, stat, session_id, offset, self._host)
                 try:
                     final = self._send_all(data, session_id, offset, total, source, stat, started)
                     break
@@ -178,7 +148,7 @@ class UploadClient:
                 reply_path = Path(reply_to)
                 self._download(reply_url, reply_path)
             self._close(session_id)
-        self._clear_state()
+        self._state.clear()
         return UploadResult(
             session_id=session_id,
             size=total,
@@ -215,7 +185,7 @@ class UploadClient:
         source: Path,
         stat: os.stat_result,
         started: float,
-    ) -> _Ack:
+    ) -> ReceivedAck:
         if total == 0:
             ack = self._fragment(session_id, b"", 0, 0)
             return self._check_fragment(ack, 0, 0)
@@ -245,12 +215,12 @@ class UploadClient:
             if ack.status == 200 and received == offset + length and length == self.fragment_size:
                 self.fragment_size = min(self.max_fragment_size, self.fragment_size * 2)
             offset = received
-            self._save_state(source, stat, session_id, offset)
+            self._state.save(source, stat, session_id, offset, self._host)
             self._report(offset, total, offset - first_offset, started)
             if offset >= total:
                 return ack
 
-    def _check_fragment(self, ack: _Ack, offset: int, total: int) -> _Ack:
+    def _check_fragment(self, ack: ReceivedAck, offset: int, total: int) -> ReceivedAck:
         if ack.status == 500 and ack.error == SESSION_NOT_FOUND:
             raise _SessionLost()
         if ack.status in (200, 416) and ack.received is not None:
@@ -259,7 +229,7 @@ class UploadClient:
             return ack
         raise UploadError(f"fragment at {offset} refused: {ack.status} {ack.error}")
 
-    def _fragment(self, session_id: str, body: bytes, offset: int, total: int) -> _Ack:
+    def _fragment(self, session_id: str, body: bytes, offset: int, total: int) -> ReceivedAck:
         content_range = f"bytes {offset}-{offset + len(body) - 1}/{total}" if body else "bytes */0"
         return self._packet(
             "Fragment",
@@ -272,7 +242,7 @@ class UploadClient:
         if ack.status != 200:
             raise UploadError(f"Close-Session refused: {ack.status} {ack.error}")
 
-    def _packet(self, packet_type: str, headers: dict[str, str], body: bytes = b"") -> _Ack:
+    def _packet(self, packet_type: str, headers: dict[str, str], body: bytes = b"") -> ReceivedAck:
         """Send one packet, retrying transient failures with exponential backoff and jitter."""
         sent = {"BITS-Packet-Type": packet_type, "Content-Length": str(len(body)), **headers}
         sent["User-Agent"] = "bits_wsgi client"
@@ -285,12 +255,12 @@ class UploadClient:
                 ack = self._request("BITS_POST", sent, body)
                 if ack.status == 401:
                     raise UploadError("authentication failed (401)")
-                if _is_transient(packet_type, ack):
-                    raise _Transient(f"{ack.status} {ack.error}")
+                if is_transient(packet_type, ack):
+                    raise Transient(f"{ack.status} {ack.error}")
                 return ack
-            except (_Transient, OSError, http.client.HTTPException) as exc:
+            except (Transient, OSError, http.client.HTTPException) as exc:
                 self._drop_connection()
-                _raise_if_final(exc)
+                raise_if_final(exc)
                 now = time.monotonic()
                 failing_since = failing_since or now
                 if self._host_id and now - failing_since > self._host_id_deadline:
@@ -302,14 +272,14 @@ class UploadClient:
                 delay *= 2
         raise AssertionError("unreachable")
 
-    def _request(self, method: str, headers: dict[str, str], body: bytes) -> _Ack:
+    def _request(self, method: str, headers: dict[str, str], body: bytes) -> ReceivedAck:
         connection = self._connect()
         connection.request(method, self._target, body=body, headers=headers)
         response = connection.getresponse()
         response.read()
         if response.will_close:
             self._drop_connection()
-        return _Ack(response.status, {k.lower(): v for k, v in response.getheaders()})
+        return ReceivedAck(response.status, {k.lower(): v for k, v in response.getheaders()})
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._connection is None:
@@ -335,66 +305,17 @@ class UploadClient:
     # -- upload-reply ----------------------------------------------------------------------------
 
     def _download(self, url: str, target: Path) -> None:
-        """GET the reply into ``target``, resuming with a Range after a broken connection.
-
-        A partial file is resumed only with ``If-Range`` and the ETag the server gave for it
-        (kept beside it), so bytes of another reply never join this one; without a proof of the
-        same entity the download starts over. Credentials go only to the upload's own origin.
-        """
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UploadError(f"the server named an invalid reply URL {url[:200]!r}")
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        path = urlunsplit(("", "", parts.path, parts.query, ""))
-        partial = target.with_name(target.name + ".part")
-        proof = target.with_name(target.name + ".part.etag")
-        etag = _read_proof(proof, url)
-        if etag is None:
-            _remove(partial)
-        delay = self.backoff
-        for attempt in range(self.retries + 1):
-            have = partial.stat().st_size if partial.exists() else 0
-            headers = {"Range": f"bytes={have}-", "If-Range": etag} if have and etag else {}
-            if self._auth and self._same_origin(parts):
-                headers["Authorization"] = self._auth
-            connection = cls(parts.netloc, timeout=self.timeout)
-            try:
-                connection.request("GET", path, headers=headers)
-                response = connection.getresponse()
-                resumed = response.status == 206 and _starts_at(response, have)
-                if response.status == 416 or (response.status == 206 and not resumed):
-                    response.read()  # not "done": the stored part is not this reply's
-                    _remove(partial)
-                    etag = None
-                    raise _Transient(f"reply download answered {response.status}, starting over")
-                if response.status != 200 and not resumed:
-                    raise UploadError(f"reply download failed: {response.status}")
-                etag = response.getheader("ETag")
-                _write_proof(proof, url, etag)
-                self._receive_reply(response, partial, have if resumed else 0)
-                break
-            except (_Transient, OSError, http.client.HTTPException) as exc:
-                _raise_if_final(exc)
-                if attempt == self.retries:
-                    raise UploadError(f"reply download failed: {exc}") from exc
-                self._sleep(min(self.max_backoff, delay))
-                delay *= 2
-            finally:
-                connection.close()
-        os.replace(partial, target)
-        _remove(proof)
-
-    def _receive_reply(self, response: http.client.HTTPResponse, partial: Path, have: int) -> None:
-        length = response.getheader("Content-Length")
-        if length is not None and length.isdigit() and have + int(length) > self.max_reply_size:
-            raise UploadError(f"the reply is larger than {self.max_reply_size} bytes")
-        size = have
-        with open(partial, "ab" if have else "wb") as out:
-            while block := response.read(1024 * 1024):
-                size += len(block)
-                if size > self.max_reply_size:
-                    raise UploadError(f"the reply is larger than {self.max_reply_size} bytes")
-                out.write(block)
+        """The reply, with credentials only for the upload's own origin."""
+        authorization = self._auth if self._same_origin(urlsplit(url)) else None
+        download = ReplyDownload(
+            retries=self.retries,
+            backoff=self.backoff,
+            max_backoff=self.max_backoff,
+            timeout=self.timeout,
+            max_reply_size=self.max_reply_size,
+            sleep=self._sleep,
+        )
+        download.fetch(url, target, authorization)
 
     def _same_origin(self, parts: SplitResult) -> bool:
         """The origin the user named (scheme, host, port), or the host a Host-Id moved the
@@ -408,61 +329,10 @@ class UploadClient:
 
     # -- state and progress ----------------------------------------------------------------------
 
-    def _resume_state(self, source: Path, stat: os.stat_result) -> tuple[str | None, int]:
-        if self.state_file is None or not self.state_file.exists():
-            return None, 0
-        try:
-            state = json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
-            return None, 0
-        same = (
-            isinstance(state, dict)
-            and state.get("url") == self.url
-            and state.get("file") == str(source.resolve())
-            and state.get("size") == stat.st_size
-            and state.get("mtime_ns") == stat.st_mtime_ns
-        )
-        if not same or not isinstance(state.get("session_id"), str):
-            return None, 0
-        offset = state.get("offset", 0)
-        host = state.get("host")
-        if isinstance(host, str) and host != self._origin.netloc:
-            self._host = host
-        return state["session_id"], offset if isinstance(offset, int) else 0
-
-    def _save_state(self, source: Path, stat: os.stat_result, session_id: str, offset: int) -> None:
-        if self.state_file is None:
-            return
-        state = {
-            "url": self.url,
-            "file": str(source.resolve()),
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
-            "session_id": session_id,
-            "offset": offset,
-            "host": self._host,
-        }
-        staged = self.state_file.with_name(self.state_file.name + ".tmp")
-        staged.write_text(json.dumps(state))
-        os.replace(staged, self.state_file)
-
-    def _clear_state(self) -> None:
-        if self.state_file is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.state_file.unlink()
-
     def _report(self, offset: int, total: int, sent_now: int, started: float) -> None:
         if self._progress is not None:
             elapsed = max(time.monotonic() - started, 1e-6)
             self._progress(Progress(sent=offset, total=total, rate=sent_now / elapsed))
-
-
-def _raise_if_final(exc: Exception) -> None:
-    """Errors no retry can fix end the upload at once, with what went wrong."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        raise UploadError(f"the server's TLS certificate does not verify: {exc}") from exc
-    if isinstance(exc, http.client.InvalidURL):
-        raise UploadError(f"invalid URL: {exc}") from exc
 
 
 def _host_port(scheme: str, netloc: str) -> tuple[str, int]:
@@ -472,55 +342,6 @@ def _host_port(scheme: str, netloc: str) -> tuple[str, int]:
     except ValueError:
         port = -1
     return (parts.hostname or "", port or (443 if scheme == "https" else 80))
-
-
-def _starts_at(response: http.client.HTTPResponse, offset: int) -> bool:
-    """Whether a 206 continues the partial file: its range starts where the file ends."""
-    content_range = response.getheader("Content-Range") or ""
-    unit, _, rest = content_range.partition(" ")
-    start = rest.partition("-")[0]
-    return unit == "bytes" and start.isascii() and start.isdigit() and int(start) == offset
-
-
-def _read_proof(proof: Path, url: str) -> str | None:
-    """The ETag of the partial reply, if it was saved for this very URL."""
-    try:
-        saved = json.loads(proof.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(saved, dict) or saved.get("url") != url:
-        return None
-    etag = saved.get("etag")
-    return etag if isinstance(etag, str) and etag else None
-
-
-def _write_proof(proof: Path, url: str, etag: str | None) -> None:
-    if etag is None:
-        _remove(proof)
-        return
-    proof.write_text(json.dumps({"url": url, "etag": etag}))
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def _is_transient(packet_type: str, ack: _Ack) -> bool:
-    """How Windows classifies an answer (PROTOCOL.md §5.2): retry later, or give up."""
-    status = ack.status
-    if ack.get("BITS-Packet-Type") != "Ack":  # a proxy's error page, not the server's Ack
-        return status >= 500 or status in (408, 409)
-    if status in (503, 504) or ack.error == "0x80070070":  # busy, or the disk may free up
-        return True
-    if ack.get("BITS-Error-Context") == "0x7":  # the server application failed
-        if 300 <= status < 400:
-            return status not in (300, 301, 302, 303, 304, 305, 307)
-        if 400 <= status < 500:
-            return status in (408, 409)
-        return status not in (501, 505)
-    closing = packet_type in ("Close-Session", "Cancel-Session")
-    return closing and status >= 500 and ack.error != SESSION_NOT_FOUND
 
 
 class _SessionLost(Exception):

@@ -1,0 +1,22 @@
+"""How the client's attempts end: worth another try, or not."""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+
+
+class UploadError(Exception):
+    """The upload cannot go on: a fatal Ack, or retries exhausted."""
+
+
+class Transient(Exception):
+    """Worth retrying: a network error, 503, or a 5xx the client retries (§5.2)."""
+
+
+def raise_if_final(exc: Exception) -> None:
+    """Errors no retry can fix end the upload at once, with what went wrong."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        raise UploadError(f"the server's TLS certificate does not verify: {exc}") from exc
+    if isinstance(exc, http.client.InvalidURL):
+        raise UploadError(f"invalid URL: {exc}") from exc
