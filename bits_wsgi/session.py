@@ -7,6 +7,8 @@ the offset algorithm of PROTOCOL.md §4.2–§4.3 (D2); :func:`is_expired` is D1
 from __future__ import annotations
 
 import enum
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -215,3 +217,31 @@ def plan_fragment(
     return FragmentPlan(
         FragmentAction.WRITE, skip=skip, write=last + 1 - received, received=last + 1
     )
+
+
+def decode_record(
+    session_id: str, raw: bytes | str, data_size: Callable[[str], int | None]
+) -> SessionRecord:
+    """A stored record, checked, with the offset taken from the data it describes.
+
+    The offset is the data's length (what the store holds after any crash), for an active,
+    uncommitted session. Anything unreadable is ``CorruptRecord``, never a crash.
+    """
+    try:
+        record = SessionRecord.from_json(json.loads(raw))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise CorruptRecord(f"session {session_id}: {exc}") from exc
+    if record.id != session_id:
+        raise CorruptRecord(f"session {session_id}: record names {record.id}")
+    if holds_its_offset(record):
+        size = data_size(session_id)
+        if size is not None:
+            record.received = size
+    return record
+
+
+def holds_its_offset(record: SessionRecord) -> bool:
+    """Whether the data's length is the session's offset (PROTOCOL.md §10.2): for an active,
+    uncommitted session it is, so the offset can never run ahead of the bytes held and a
+    fragment's progress needs no record write. Every backend's load applies this rule."""
+    return not record.state.is_tombstone and not record.committed

@@ -14,17 +14,15 @@ GUIDs (``protocol.SessionId.key``), never client text.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .._files import publish
-from ..errors import CorruptRecord
 from ..paths import REPLIES_FOLDER, REPLY_NAME, Destination
 from ..protocol import SessionId
-from ..session import SessionRecord
+from ..session import SessionRecord, decode_record
 
 DATA_NAME = "requestfile.bin"
 #: Fragments at least this big start their writeback at once (see write()).
@@ -157,24 +155,3 @@ class DirectoryStore:
         with contextlib.suppress(FileNotFoundError):
             self.data_path(session_id).unlink()
         shutil.rmtree(self._replies / SessionId(session_id).wire, ignore_errors=True)
-
-
-def decode_record(
-    session_id: str, raw: bytes | str, data_size: Callable[[str], int | None]
-) -> SessionRecord:
-    """A stored record, checked, with the offset taken from the data it describes.
-
-    The offset is the data's length (what the store holds after any crash), for an active,
-    uncommitted session. Anything unreadable is ``CorruptRecord``, never a crash.
-    """
-    try:
-        record = SessionRecord.from_json(json.loads(raw))
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise CorruptRecord(f"session {session_id}: {exc}") from exc
-    if record.id != session_id:
-        raise CorruptRecord(f"session {session_id}: record names {record.id}")
-    if not record.state.is_tombstone and not record.committed:
-        size = data_size(session_id)
-        if size is not None:
-            record.received = size
-    return record

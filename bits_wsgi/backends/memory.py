@@ -18,7 +18,7 @@ from pathlib import Path
 from .._files import publish
 from ..errors import LockTimeout
 from ..paths import Destination
-from ..session import SessionRecord
+from ..session import SessionRecord, holds_its_offset
 
 
 class MemoryBackend:
@@ -40,7 +40,7 @@ class MemoryBackend:
             return None
         record = copy.copy(record)
         data = self._data.get(session_id)
-        if data is not None and not record.state.is_tombstone and not record.committed:
+        if data is not None and holds_its_offset(record):
             record.received = len(data)
         return record
 

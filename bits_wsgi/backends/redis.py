@@ -45,9 +45,9 @@ from typing import Any
 
 from ..errors import BackendUnavailable, CorruptRecord, LeaseLost, LockTimeout
 from ..paths import Destination
-from ..session import SessionRecord
+from ..session import SessionRecord, decode_record
 from .base import BlobStore
-from .files import DirectoryStore, decode_record
+from .files import DirectoryStore
 
 #: Longer than the default session timeout (14 days) plus the tombstone retention (1 day).
 DEFAULT_RECORD_TTL = 30 * 86_400
