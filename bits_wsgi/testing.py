@@ -279,10 +279,21 @@ class BackendContract:
         assert backend.tombstone_count() == 1
         assert backend.oldest_tombstones(5) == [SESSION_B]
 
-    def test_local_files_keep_and_discard_a_reply(self, backend: Backend) -> None:
+    def test_local_files_keep_and_discard_a_reply(self, backend: Backend, tmp_path: Path) -> None:
         files = local_files(backend)
         if files is None:
-            pytest.skip("this backend keeps no files on this host (no upload-reply mode)")
+            # No files on this host: upload-reply mode, which names files, refuses the backend.
+            from .config import UploadDirectory
+            from .server import UploadServer
+
+            directory = UploadDirectory(
+                upload_dir=tmp_path / "replies",
+                notification_type="by-value",
+                notification_url="http://127.0.0.1:9/notify",
+            )
+            with pytest.raises(ValueError, match="upload-reply mode"):
+                UploadServer(directory, backend, sweep_interval=None)
+            return
         backend.create(new_record())
         files.keep_reply(SESSION_A)
         assert files.reply_path(SESSION_A).read_bytes() == b""  # no reply is an empty reply
