@@ -111,8 +111,15 @@ def start_serve(
     port = port or free_port()
     entry = ["tests.integration.crashing_serve", *crash] if crash else ["bits_wsgi"]
     command = [sys.executable, "-m", *entry, "serve", str(root), "--port", str(port), *args]
-    command += ["--server", server or SERVE_SERVER]
-    return Server(command, port, log, cwd=PROJECT if crash else None, env=env)
+    kind = server or SERVE_SERVER
+    command += ["--server", kind]
+    started = Server(command, port, log, cwd=PROJECT if crash else None, env=env)
+    if kind == "gunicorn":
+        # The port opens before the master has forked every worker; a test that signals the
+        # group at once could miss a worker still being forked.
+        workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 2
+        started.worker_pids(expected=workers)
+    return started
 
 
 @contextlib.contextmanager
