@@ -14,7 +14,8 @@ from werkzeug.serving import make_server
 from werkzeug.test import EnvironBuilder
 
 from bits_wsgi import BITSMiddleware
-from bits_wsgi.protocol import PROTOCOL_GUID
+
+from .support.conversation import Conversation
 
 pytest_plugins = ["tests.support.fixtures"]
 
@@ -29,7 +30,7 @@ def fallback_app(environ: dict[str, Any], start_response: Callable[..., Any]) ->
     return [reply]
 
 
-class BitsClient:
+class BitsClient(Conversation):
     """Speaks BITS to a WSGI app through webtest, one packet per method."""
 
     def __init__(self, app: Any, path: str = "/f.bin", user: str | None = None) -> None:
@@ -57,43 +58,6 @@ class BitsClient:
 
     def ping(self, **kw: Any) -> webtest.TestResponse:
         return self.post("Ping", **kw)
-
-    def create(self, **kw: Any) -> webtest.TestResponse:
-        headers = {"BITS-Supported-Protocols": PROTOCOL_GUID, **kw.pop("headers", {})}
-        response = self.post("Create-Session", headers, **kw)
-        if response.status_int == 200:
-            self.session_id = response.headers["BITS-Session-Id"]
-        return response
-
-    def fragment(
-        self, data: bytes, first: int, total: int, session_id: str | None = None, **kw: Any
-    ) -> webtest.TestResponse:
-        last = first + len(data) - 1
-        content_range = f"bytes {first}-{last}/{total}" if data else f"bytes */{total}"
-        headers = {
-            "BITS-Session-Id": session_id or self.session_id or "",
-            "Content-Range": content_range,
-        }
-        headers.update(kw.pop("headers", {}))
-        return self.post("Fragment", headers, body=data, **kw)
-
-    def close(self, session_id: str | None = None, **kw: Any) -> webtest.TestResponse:
-        return self.post(
-            "Close-Session", {"BITS-Session-Id": session_id or self.session_id or ""}, **kw
-        )
-
-    def cancel(self, session_id: str | None = None, **kw: Any) -> webtest.TestResponse:
-        return self.post(
-            "Cancel-Session", {"BITS-Session-Id": session_id or self.session_id or ""}, **kw
-        )
-
-    def upload(self, data: bytes, fragment_size: int = 1000) -> None:
-        assert self.create().status_int == 200
-        for first in range(0, len(data), fragment_size):
-            response = self.fragment(data[first : first + fragment_size], first, len(data))
-            assert response.status_int == 200, response.headers
-        if not data:
-            assert self.fragment(b"", 0, 0).status_int == 200
 
 
 def call(app: Any, environ: dict[str, Any]) -> tuple[str, dict[str, str]]:

@@ -2,5 +2,6 @@
 
 from .redis import redis_url
 from .s3 import s3_endpoint
+from .server_client import make_server
 
-__all__ = ["redis_url", "s3_endpoint"]
+__all__ = ["make_server", "redis_url", "s3_endpoint"]
