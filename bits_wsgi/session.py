@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -219,29 +218,24 @@ def plan_fragment(
     )
 
 
-def decode_record(
-    session_id: str, raw: bytes | str, data_size: Callable[[str], int | None]
-) -> SessionRecord:
-    """A stored record, checked, with the offset taken from the data it describes.
-
-    The offset is the data's length (what the store holds after any crash), for an active,
-    uncommitted session. Anything unreadable is ``CorruptRecord``, never a crash.
-    """
+def decode_record(session_id: str, raw: bytes | str) -> SessionRecord:
+    """A stored record, checked: anything unreadable is ``CorruptRecord``, never a crash."""
     try:
         record = SessionRecord.from_json(json.loads(raw))
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise CorruptRecord(f"session {session_id}: {exc}") from exc
     if record.id != session_id:
         raise CorruptRecord(f"session {session_id}: record names {record.id}")
-    if holds_its_offset(record):
-        size = data_size(session_id)
-        if size is not None:
-            record.received = size
     return record
+
+
+def encode_record(record: SessionRecord) -> bytes:
+    """The stored form that ``decode_record`` reads back."""
+    return json.dumps(record.to_json(), separators=(",", ":")).encode("utf-8")
 
 
 def holds_its_offset(record: SessionRecord) -> bool:
     """Whether the data's length is the session's offset (PROTOCOL.md §10.2): for an active,
     uncommitted session it is, so the offset can never run ahead of the bytes held and a
-    fragment's progress needs no record write. Every backend's load applies this rule."""
+    fragment's progress needs no record write. ``ComposedBackend.load`` applies it."""
     return not record.state.is_tombstone and not record.committed

@@ -25,19 +25,41 @@ ALLOWED = {
     "wsgi.metrics": {"events", "wsgi.observe"},
     "notify": {"protocol"},
     "_files": {"errors"},
+    # The parts of a backend know only the contract (base) and the pure core; the composition
+    # binds them; the backends that ship (filesystem, memory, redis) are compositions.
     "backends.base": {"paths", "session"},
-    "backends.files": {"_files", "errors", "paths", "protocol", "session"},
+    "backends.composed": {"backends.base", "errors", "paths", "session"},
+    "backends.files": {"_files", "paths", "protocol"},
+    "backends.waiting": {"errors"},
+    "backends.redis_lease": {"backends.waiting", "errors"},
+    "backends.s3": {"backends.base", "errors", "paths", "protocol"},
     "backends.filesystem": {
         "_files",
+        "backends.base",
+        "backends.composed",
         "backends.files",
+        "backends.waiting",
         "errors",
         "paths",
         "protocol",
         "session",
     },
-    "backends.memory": {"_files", "errors", "paths", "session"},
-    "backends.redis": {"backends.base", "backends.files", "errors", "paths", "session"},
-    "backends.s3": {"errors", "paths", "protocol"},
+    "backends.memory": {
+        "_files",
+        "backends.base",
+        "backends.composed",
+        "errors",
+        "paths",
+        "session",
+    },
+    "backends.redis": {
+        "backends.base",
+        "backends.composed",
+        "backends.files",
+        "backends.redis_lease",
+        "errors",
+        "session",
+    },
 }
 
 

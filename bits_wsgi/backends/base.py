@@ -1,8 +1,18 @@
-"""The storage contract every backend fulfils (tusd's narrow datastore, in Python).
+"""What a backend is made of: records, blobs and a locker (tusd's narrow datastore, in parts).
 
-Backends store bytes and records and hold locks. They know nothing of HTTP or BITS headers, and
-they decide nothing: offsets are validated by the server before a backend writes, and expiry is
-the server's policy. ``bits_wsgi.testing.BackendContract`` is the test suite every backend passes.
+Every backend is a :class:`~bits_wsgi.backends.composed.ComposedBackend` of three parts, each
+with its own contract suite in ``bits_wsgi.testing``:
+
+- a :class:`RecordStore` keeps session records and the indexes over them (per owner, active,
+  tombstones), as stored: it never looks at the bytes;
+- a :class:`BlobStore` keeps the upload bytes, commits them to their destination, and declares
+  whether they are files on this host (:class:`LocalFiles`);
+- a :class:`Locker` excludes other threads, processes and (where it can) hosts from a session,
+  and hands out a :class:`Fence` where a live holder can lose its lock (leases that expire).
+
+The parts know nothing of HTTP or BITS headers and decide nothing: offsets are validated by the
+server before a blob store writes, and expiry is the server's policy. :class:`Backend` is what
+the server sees of the whole.
 """
 
 from __future__ import annotations
@@ -10,67 +20,31 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from ..paths import Destination
 from ..session import SessionRecord
 
 
-class Backend(Protocol):
+class RecordStore(Protocol):
+    """Session records, replaced whole, and the indexes the server counts with."""
+
     def create(self, record: SessionRecord) -> None:
-        """Store a new session with empty data. The id is new; creation is all-or-nothing."""
+        """Store the record of a new session (a new id); all or nothing."""
 
     def load(self, session_id: str) -> SessionRecord | None:
-        """The record, or None if unknown. Unreadable records raise ``CorruptRecord``.
-
-        For an active, uncommitted session, ``received`` is the length of the data held: the
-        offset is derived from the data (PROTOCOL.md §10.2), so it can never run ahead of it,
-        and a fragment's progress needs no record write.
-        """
+        """The record as stored, or None if unknown; unreadable records raise ``CorruptRecord``."""
 
     def save(self, record: SessionRecord, *, durable: bool = False) -> None:
-        """Replace the record atomically; ``durable`` also survives a power loss."""
+        """Replace the record atomically; ``durable`` also survives a power loss. A tombstone
+        leaves the owner's and the active index and enters the tombstone index."""
 
-    def write(self, session_id: str, offset: int, chunks: Iterable[bytes]) -> int:
-        """Cut the data to ``offset`` bytes, then append ``chunks``; return the bytes written.
+    def delete(self, session_id: str, record: SessionRecord | None) -> None:
+        """Forget the session: its record and its index entries. ``record`` is what was stored
+        (None if unreadable or already gone), for the indexes it is listed in."""
 
-        An exception from ``chunks`` or the disk propagates after the data is cut back to
-        ``offset``, so a failed fragment never moves the offset.
-        """
-
-    def sync(self, session_id: str) -> None:
-        """fsync the session's data."""
-
-    def data_size(self, session_id: str) -> int | None:
-        """Bytes of data held, or None if the data is gone."""
-
-    def destination_exists(self, destination: Destination) -> bool:
-        """Whether something is already committed at ``destination`` (checked at Create).
-
-        File backends resolve it below its root, raising ``InvalidRequest`` where symlinks
-        lead out of the root or the path runs through a file.
-        """
-
-    def commit(self, session_id: str, destination: Destination, *, overwrite: bool) -> None:
-        """Publish the data at ``destination`` atomically, durably and idempotently.
-
-        The caller has synced the data (``sync``) since its last write.
-
-        Raises ``DestinationExists`` if it exists (and is not already this session's data) while
-        ``overwrite`` is false, ``FileNotFoundError`` if the data is gone.
-        """
-
-    def discard_data(self, session_id: str) -> None:
-        """Delete the temporary data and any stored reply, keeping the record (a tombstone)."""
-
-    def delete(self, session_id: str) -> None:
-        """Delete everything of the session: data, record, lock file, owner index entry."""
-
-    def lock(self, session_id: str, timeout: float) -> AbstractContextManager[None]:
-        """Exclusive lock over threads, processes (and hosts, where the backend can).
-
-        Raises ``LockTimeout`` if not acquired within ``timeout`` seconds.
-        """
+    def exists(self, session_id: str) -> bool:
+        """Whether a record (readable or not) is stored under the id."""
 
     def active_sessions(self, owner: str) -> list[str]:
         """Ids of the owner's sessions that are not tombstones (possibly expired)."""
@@ -88,49 +62,11 @@ class Backend(Protocol):
         """Ids of up to ``limit`` tombstones, oldest first: the first to go past the budget."""
 
 
-class BlobStore(Protocol):
-    """Where a backend that keeps its records elsewhere (Redis) keeps the upload bytes.
-
-    The methods of the same name in :class:`Backend` say what each must do;
-    ``create_data`` starts the empty data of a session bound for ``destination_key``,
-    ``delete_data`` removes every byte of the session, reply included.
-    """
-
-    def create_data(self, session_id: str, destination_key: str) -> None: ...
-
-    def write(
-        self,
-        session_id: str,
-        offset: int,
-        chunks: Iterable[bytes],
-        fence: Callable[[], None] | None = None,
-    ) -> int:
-        """As :meth:`Backend.write`; ``fence`` raises ``LeaseLost`` once the caller's lease is
-        gone, and is called before the stored bytes change (PROTOCOL.md §10.1)."""
-
-    def rotate(self, session_id: str) -> None:
-        """Make sure no descriptor opened before now reaches the session's data: called by a
-        new lock holder that took over from one whose lease expired."""
-
-    def sync(self, session_id: str) -> None: ...
-
-    def data_size(self, session_id: str) -> int | None: ...
-
-    def destination_exists(self, destination: Destination) -> bool: ...
-
-    def commit(self, session_id: str, destination: Destination, *, overwrite: bool) -> None: ...
-
-    def discard_data(self, session_id: str) -> None: ...
-
-    def delete_data(self, session_id: str) -> None: ...
-
-
-@runtime_checkable
 class LocalFiles(Protocol):
-    """Optional capability: the upload and its reply are files on this host.
+    """Capability of a blob store whose upload and reply are files on this host.
 
     Upload-reply mode needs it: by-reference notifications name these paths, and replies are
-    served from them.
+    served from them. A blob store declares it with its ``files`` attribute.
     """
 
     def data_path(self, session_id: str) -> Path:
@@ -146,9 +82,141 @@ class LocalFiles(Protocol):
         """Make sure the session has a reply file (an empty one if the application wrote none)."""
 
 
-def local_files(backend: object) -> LocalFiles | None:
-    """The backend's files on this host, if it keeps them: itself, or its blob store."""
-    for candidate in (backend, getattr(backend, "blobs", None)):
-        if isinstance(candidate, LocalFiles):
-            return candidate
-    return None
+class BlobStore(Protocol):
+    """The upload bytes of each session, and their commit to the destination."""
+
+    @property
+    def files(self) -> LocalFiles | None:
+        """The capability of serving these bytes as files on this host, or None."""
+
+    def create_data(self, session_id: str, destination_key: str) -> None:
+        """Start the empty data of a new session bound for ``destination_key``."""
+
+    def write(
+        self,
+        session_id: str,
+        offset: int,
+        chunks: Iterable[bytes],
+        fence: Callable[[], None] | None = None,
+    ) -> int:
+        """Cut the data to ``offset`` bytes, then append ``chunks``; return the bytes written.
+
+        An exception from ``chunks`` or the store propagates after the data is cut back to
+        ``offset``, so a failed fragment never moves the offset. ``fence``, where the lock is
+        a lease, raises ``LeaseLost`` once it is gone: it is called after the data is open and
+        before the stored bytes change (PROTOCOL.md §10.1).
+        """
+
+    def rotate(self, session_id: str) -> None:
+        """Make sure no descriptor opened before now reaches the session's data: called by a
+        new lock holder that took over from one whose lease expired while it wrote."""
+
+    def sync(self, session_id: str) -> None:
+        """Make the session's data durable."""
+
+    def data_size(self, session_id: str) -> int | None:
+        """Bytes of data held, or None if the data is gone."""
+
+    def destination_exists(self, destination: Destination) -> bool:
+        """Whether something is already committed at ``destination`` (checked at Create).
+
+        File stores resolve it below its root, raising ``InvalidRequest`` where symlinks lead
+        out of the root or the path runs through a file.
+        """
+
+    def commit(self, session_id: str, destination: Destination, *, overwrite: bool) -> None:
+        """Publish the data at ``destination`` atomically, durably and idempotently.
+
+        The caller has synced the data (``sync``) since its last write. Raises
+        ``DestinationExists`` if it exists (and is not already this session's data) while
+        ``overwrite`` is false, ``FileNotFoundError`` if the data is gone.
+        """
+
+    def discard_data(self, session_id: str) -> None:
+        """Delete the data and any stored reply (the session becomes a tombstone)."""
+
+    def delete_data(self, session_id: str) -> None:
+        """Delete every byte the store keeps for the session, reply included."""
+
+
+class Fence(Protocol):
+    """This thread's lease on a session, where a live holder can lose its lock (§10.1)."""
+
+    #: The lock was taken over from a holder whose lease expired while it wrote: that holder
+    #: may still write through a descriptor it opened, so the data must be rotated first.
+    stale_writer: bool
+
+    def check(self) -> None:
+        """Raise ``LeaseLost`` if the lease is gone."""
+
+    def writing(self) -> AbstractContextManager[Callable[[], None]]:
+        """Around a blob write: yields the ``fence`` to pass to ``BlobStore.write``, which
+        checks the lease and marks the data as being written; on leaving, the mark goes and
+        the lease is checked again (``LeaseLost`` if it expired while the bytes were written)."""
+
+    def stale_writer_replaced(self) -> None:
+        """The data was rotated: the stale writer can reach it no more."""
+
+
+class Locker(Protocol):
+    def lock(self, session_id: str, timeout: float) -> AbstractContextManager[None]:
+        """Exclusive lock over threads, processes (and hosts, where the locker can).
+
+        Raises ``LockTimeout`` if not acquired within ``timeout`` seconds. Locking an unknown
+        session leaves nothing behind.
+        """
+
+    def fence(self, session_id: str) -> Fence | None:
+        """The lease this thread holds on the session, if its lock is a lease that can expire
+        under a live holder; None for locks that cannot (flock, thread locks)."""
+
+    def forget(self, session_id: str) -> None:
+        """The session is deleted: drop whatever was kept for its lock."""
+
+
+class Backend(Protocol):
+    """What the server sees: the three parts as one (``ComposedBackend``)."""
+
+    @property
+    def files(self) -> LocalFiles | None:
+        """The blob store's files on this host, if it keeps them (upload-reply mode needs them)."""
+
+    def create(self, record: SessionRecord) -> None:
+        """Store a new session with empty data."""
+
+    def load(self, session_id: str) -> SessionRecord | None:
+        """The record, or None if unknown; unreadable records raise ``CorruptRecord``.
+
+        For an active, uncommitted session, ``received`` is the length of the data held
+        (PROTOCOL.md §10.2), so it can never run ahead of the bytes.
+        """
+
+    def save(self, record: SessionRecord, *, durable: bool = False) -> None: ...
+
+    def write(self, session_id: str, offset: int, chunks: Iterable[bytes]) -> int: ...
+
+    def sync(self, session_id: str) -> None: ...
+
+    def data_size(self, session_id: str) -> int | None: ...
+
+    def destination_exists(self, destination: Destination) -> bool: ...
+
+    def commit(self, session_id: str, destination: Destination, *, overwrite: bool) -> None: ...
+
+    def discard_data(self, session_id: str) -> None:
+        """Delete the data and any stored reply, keeping the record (a tombstone)."""
+
+    def delete(self, session_id: str) -> None:
+        """Delete everything of the session: data, record, index entries, lock state."""
+
+    def lock(self, session_id: str, timeout: float) -> AbstractContextManager[None]: ...
+
+    def active_sessions(self, owner: str) -> list[str]: ...
+
+    def active_count(self) -> int: ...
+
+    def session_ids(self) -> Iterator[str]: ...
+
+    def tombstone_count(self) -> int: ...
+
+    def oldest_tombstones(self, limit: int) -> list[str]: ...

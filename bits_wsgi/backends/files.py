@@ -1,14 +1,14 @@
-"""Upload bytes and replies as files in one directory: the data half of a backend.
+"""Upload bytes and replies as files in one directory: a blob store with local files.
 
 ``DirectoryStore`` keeps, below a state directory::
 
     Requests/{ID}/requestfile.bin   the upload's bytes, appended in order
     Replies/{ID}/responsefile.bin   the server application's reply (upload-reply mode)
 
-The filesystem backend keeps its records beside the data; the Redis backend keeps records and
-locks in Redis and the bytes here, in a directory every host mounts (the shared-directory blob
-store; ``bits_wsgi.backends.s3.S3Store`` is the other one). Ids reaching here are normalised
-GUIDs (``protocol.SessionId.key``), never client text.
+The filesystem backend keeps its records beside the data (``FileRecords``); the Redis backend
+keeps records and locks in Redis and the bytes here, in a directory every host mounts (the
+shared-directory blob store; ``bits_wsgi.backends.s3.S3Store`` is the other one). Ids reaching
+here are normalised GUIDs (``protocol.SessionId.key``), never client text.
 """
 
 from __future__ import annotations
@@ -22,17 +22,25 @@ from pathlib import Path
 from .._files import publish
 from ..paths import REPLIES_FOLDER, REPLY_NAME, Destination
 from ..protocol import SessionId
-from ..session import SessionRecord, decode_record
 
+REQUESTS_FOLDER = "Requests"
 DATA_NAME = "requestfile.bin"
 #: Fragments at least this big start their writeback at once (see write()).
 _WRITEBACK_MIN = 256 * 1024
 
 
+def request_folder(requests: str, session_id: str) -> str:
+    """The folder of a session's request (its data, and the filesystem backend's record)."""
+    return f"{requests}/{SessionId(session_id).wire}"
+
+
 class DirectoryStore:
+    """A :class:`~bits_wsgi.backends.base.BlobStore` that is its own ``LocalFiles``."""
+
     def __init__(self, state: str | os.PathLike[str]) -> None:
         self.state = Path(state)
-        self._requests = self.state / "Requests"
+        self.files = self
+        self._requests = self.state / REQUESTS_FOLDER
         self._replies = self.state / REPLIES_FOLDER
         for folder in (self._requests, self._replies):
             folder.mkdir(parents=True, exist_ok=True)
@@ -46,7 +54,7 @@ class DirectoryStore:
         return self._session_dir(session_id) / DATA_NAME
 
     def _data_str(self, session_id: str) -> str:
-        return f"{self._requests_str}/{SessionId(session_id).wire}/{DATA_NAME}"
+        return f"{request_folder(self._requests_str, session_id)}/{DATA_NAME}"
 
     def reply_path(self, session_id: str) -> Path:
         folder = self._replies / SessionId(session_id).wire
@@ -62,14 +70,12 @@ class DirectoryStore:
         if not path.exists():
             path.touch()
 
-    def decode_record(self, session_id: str, raw: bytes | str) -> SessionRecord:
-        return decode_record(session_id, raw, self.data_size)
-
     def create_data(self, session_id: str, destination_key: str) -> None:
-        """An empty data file for a new session."""
-        folder = self._session_dir(session_id)
-        folder.mkdir(exist_ok=True)
-        (folder / DATA_NAME).touch()
+        """An empty data file for a new session (in the folder its record may already hold)."""
+        folder = request_folder(self._requests_str, session_id)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder)
+        os.close(os.open(f"{folder}/{DATA_NAME}", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
 
     def delete_data(self, session_id: str) -> None:
         shutil.rmtree(self._session_dir(session_id), ignore_errors=True)

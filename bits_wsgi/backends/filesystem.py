@@ -3,8 +3,8 @@
 Layout (IIS names where IIS has them)::
 
     BITS-Sessions/
-      Requests/{ID}/requestfile.bin   the upload's bytes, appended in order
-      Requests/{ID}/session.json      the record, replaced atomically
+      Requests/{ID}/requestfile.bin   the upload's bytes, appended in order (DirectoryStore)
+      Requests/{ID}/session.json      the record, replaced atomically (FileRecords)
       Replies/{ID}/responsefile.bin   the server application's reply (upload-reply mode)
       Locks/{ID}.lock                 flock target, kept apart so it outlives the data
       Owners/<sha256 of owner>/{ID}   empty markers: the per-identity session count
@@ -21,68 +21,81 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .._files import atomic_write, fsync_dir
-from ..errors import CorruptRecord, LockTimeout
 from ..paths import state_dir
 from ..protocol import SessionId
-from ..session import SessionRecord
-from .files import DATA_NAME, DirectoryStore
+from ..session import SessionRecord, decode_record, encode_record
+from .base import Fence
+from .composed import ComposedBackend
+from .files import REQUESTS_FOLDER, DirectoryStore, request_folder
+from .waiting import retry_until
 
 RECORD_NAME = "session.json"
 #: A crashed create leaves a staging folder; it is swept after this long.
 STAGING_MAX_AGE = 3600.0
 
 
-class FilesystemBackend(DirectoryStore):
-    """Records beside the data (the DirectoryStore layout), flock locks, an owner index."""
+class FilesystemBackend(ComposedBackend):
+    """``FileRecords`` beside a ``DirectoryStore``'s data, with ``FlockLocker`` locks."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        super().__init__(state_dir(self.root))
-        self._locks = self.state / "Locks"
+        state = state_dir(self.root)
+        self.directory = DirectoryStore(state)
+        records = FileRecords(state)
+        locker = FlockLocker(state / "Locks", records.exists)
+        super().__init__(records=records, blobs=self.directory, locker=locker)
+
+    def data_path(self, session_id: str) -> Path:
+        """The file holding the session's bytes."""
+        return self.directory.data_path(session_id)
+
+
+class FileRecords:
+    """Records as ``Requests/{ID}/session.json``, with owner and tombstone markers."""
+
+    def __init__(self, state: str | os.PathLike[str]) -> None:
+        self.state = Path(state)
+        self._requests = self.state / REQUESTS_FOLDER
         self._owners = self.state / "Owners"
         self._tombstones = self.state / "Tombstones"
-        for folder in (self._locks, self._owners, self._tombstones):
+        for folder in (self._requests, self._owners, self._tombstones):
             folder.mkdir(parents=True, exist_ok=True)
-        self._locks_str = str(self._locks)
-
-    # -- paths: ids reaching here are SessionId keys (protocol.SessionId) -----------------------
+        # Plain strings for the paths every packet touches: pathlib costs more than the syscalls.
+        self._requests_str = str(self._requests)
 
     def _owner_dir(self, owner: str) -> Path:
         return self._owners / hashlib.sha256(owner.encode("utf-8")).hexdigest()[:32]
 
-    # -- records ------------------------------------------------------------------------------
+    def _record_path(self, session_id: str) -> str:
+        return f"{request_folder(self._requests_str, session_id)}/{RECORD_NAME}"
 
     def create(self, record: SessionRecord) -> None:
+        # The folder appears whole, record included, by the rename below, or not at all.
         staging = self._requests / f".staging-{record.id}"
         staging.mkdir()
-        (staging / DATA_NAME).touch()
-        # Not a replacement: the folder appears whole by the rename below, or not at all.
-        (staging / RECORD_NAME).write_bytes(_encode(record))
+        (staging / RECORD_NAME).write_bytes(encode_record(record))
         owner_dir = self._owner_dir(record.owner)
         owner_dir.mkdir(exist_ok=True)
         (owner_dir / record.id).touch()
-        os.rename(staging, self._session_dir(record.id))
+        os.rename(staging, request_folder(self._requests_str, record.id))
 
     def load(self, session_id: str) -> SessionRecord | None:
         try:
-            with open(
-                f"{self._requests_str}/{SessionId(session_id).wire}/{RECORD_NAME}", "rb"
-            ) as handle:
+            with open(self._record_path(session_id), "rb") as handle:
                 raw = handle.read()
         except FileNotFoundError:
             return None
-        return self.decode_record(session_id, raw)
+        return decode_record(session_id, raw)
 
     def save(self, record: SessionRecord, *, durable: bool = False) -> None:
-        atomic_write(self._session_dir(record.id) / RECORD_NAME, _encode(record), durable=durable)
+        atomic_write(Path(self._record_path(record.id)), encode_record(record), durable=durable)
         if record.state.is_tombstone:
             self._forget_owner(record.owner, record.id)
             (self._tombstones / _tombstone_marker(record)).touch()
@@ -91,57 +104,17 @@ class FilesystemBackend(DirectoryStore):
         with contextlib.suppress(FileNotFoundError):
             (self._owner_dir(owner) / session_id).unlink()
 
-    def delete(self, session_id: str) -> None:
-        record: SessionRecord | None
-        try:
-            record = self.load(session_id)
-        except CorruptRecord:
-            record = None
-        self.delete_data(session_id)
+    def delete(self, session_id: str, record: SessionRecord | None) -> None:
+        # The blob store removed the data and the folder with it, where they share it.
+        shutil.rmtree(request_folder(self._requests_str, session_id), ignore_errors=True)
         if record is not None:
             self._forget_owner(record.owner, session_id)
             if record.state.is_tombstone:
                 with contextlib.suppress(FileNotFoundError):
                     (self._tombstones / _tombstone_marker(record)).unlink()
-        with contextlib.suppress(FileNotFoundError):
-            (self._locks / f"{SessionId(session_id).wire}.lock").unlink()
 
-    # -- locks --------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def lock(self, session_id: str, timeout: float) -> Iterator[None]:
-        """The session's flock. An unknown session has nothing to exclude (ids are uuid4: none
-        can be created meanwhile), so a probe with a random id creates no lock file."""
-        path = f"{self._locks_str}/{SessionId(session_id).wire}.lock"
-        deadline = time.monotonic() + timeout
-        while True:
-            fd = self._open_lock_file(path, session_id)
-            if fd is None:
-                yield
-                return
-            try:
-                _flock_until(fd, deadline)
-                # delete() unlinks lock files; a lock on an unlinked file excludes no one.
-                if _same_inode(fd, path):
-                    break
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)
-        try:
-            yield
-        finally:
-            os.close(fd)
-
-    def _open_lock_file(self, path: str, session_id: str) -> int | None:
-        try:
-            return os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            if not os.path.isdir(f"{self._requests_str}/{SessionId(session_id).wire}"):
-                return None
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-
-    # -- enumeration --------------------------------------------------------------------------
+    def exists(self, session_id: str) -> bool:
+        return os.path.isdir(request_folder(self._requests_str, session_id))
 
     def active_sessions(self, owner: str) -> list[str]:
         try:
@@ -168,7 +141,7 @@ class FilesystemBackend(DirectoryStore):
             if len(oldest) >= limit:
                 break
             session_id = name.partition("-")[2]
-            if os.path.isdir(f"{self._requests_str}/{SessionId(session_id).wire}"):
+            if self.exists(session_id):
                 oldest.append(session_id)
             else:
                 with contextlib.suppress(FileNotFoundError):
@@ -192,29 +165,77 @@ class FilesystemBackend(DirectoryStore):
                 fsync_dir(self._requests)
 
 
+class FlockLocker:
+    """``flock`` on ``Locks/{ID}.lock``: a local lock, never lost by a live holder (no fence).
+
+    An unknown session has nothing to exclude (ids are uuid4: none can be created meanwhile),
+    so a probe with a random id creates no lock file: ``known`` says whether a session exists.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], known: Callable[[str], bool]) -> None:
+        self._folder = Path(folder)
+        self._folder.mkdir(parents=True, exist_ok=True)
+        self._folder_str = str(self._folder)
+        self._known = known
+
+    def _path(self, session_id: str) -> str:
+        return f"{self._folder_str}/{SessionId(session_id).wire}.lock"
+
+    @contextlib.contextmanager
+    def lock(self, session_id: str, timeout: float) -> Iterator[None]:
+        path = self._path(session_id)
+        deadline = time.monotonic() + timeout
+        while True:
+            fd = self._open(path, session_id)
+            if fd is None:
+                yield
+                return
+            try:
+                _flock_until(fd, deadline)
+                # forget() unlinks lock files; a lock on an unlinked file excludes no one.
+                if _same_inode(fd, path):
+                    break
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+        try:
+            yield
+        finally:
+            os.close(fd)
+
+    def _open(self, path: str, session_id: str) -> int | None:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if not self._known(session_id):
+                return None
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def fence(self, session_id: str) -> Fence | None:
+        return None
+
+    def forget(self, session_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(session_id))
+
+
 def _tombstone_marker(record: SessionRecord) -> str:
     """Sorted by name, oldest first: the tombstone's time in milliseconds, then its id."""
     return f"{max(0, int(record.last_activity * 1000)):015d}-{record.id}"
 
 
-def _encode(record: SessionRecord) -> bytes:
-    return json.dumps(record.to_json(), separators=(",", ":")).encode("utf-8")
-
-
 def _flock_until(fd: int, deadline: float) -> None:
-    delay = 0.001
-    while True:
+    def attempt() -> bool | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
         except OSError as exc:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise LockTimeout("session is busy")
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 2, 0.05)
+            return None
+        return True
+
+    retry_until(deadline, attempt)
 
 
 def _same_inode(fd: int, path: str) -> bool:

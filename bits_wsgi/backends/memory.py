@@ -11,44 +11,91 @@ import copy
 import os
 import tempfile
 import threading
-from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .._files import publish
 from ..errors import LockTimeout
 from ..paths import Destination
-from ..session import SessionRecord, holds_its_offset
+from ..session import SessionRecord
+from .base import Fence, LocalFiles
+from .composed import ComposedBackend
 
 
-class MemoryBackend:
+class MemoryBackend(ComposedBackend):
+    """``MemoryRecords``, ``MemoryBlobs`` and a ``ThreadLocker``."""
+
+    def __init__(self) -> None:
+        records = MemoryRecords()
+        super().__init__(records=records, blobs=MemoryBlobs(), locker=ThreadLocker(records.exists))
+
+
+class MemoryRecords:
+    """Records in a dict, handed out as copies."""
+
     def __init__(self) -> None:
         self._records: dict[str, SessionRecord] = {}
-        self._data: dict[str, bytearray] = {}
-        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
-        self._guard = threading.Lock()
-        self._published: dict[str, Path] = {}
 
     def create(self, record: SessionRecord) -> None:
-        with self._guard:
-            self._data[record.id] = bytearray()
-            self._records[record.id] = copy.copy(record)
+        self._records[record.id] = copy.copy(record)
 
     def load(self, session_id: str) -> SessionRecord | None:
         record = self._records.get(session_id)
-        if record is None:
-            return None
-        record = copy.copy(record)
-        data = self._data.get(session_id)
-        if data is not None and holds_its_offset(record):
-            record.received = len(data)
-        return record
+        return None if record is None else copy.copy(record)
 
     def save(self, record: SessionRecord, *, durable: bool = False) -> None:
         self._records[record.id] = copy.copy(record)
 
-    def write(self, session_id: str, offset: int, chunks: Iterable[bytes]) -> int:
+    def delete(self, session_id: str, record: SessionRecord | None) -> None:
+        self._records.pop(session_id, None)
+
+    def exists(self, session_id: str) -> bool:
+        return session_id in self._records
+
+    def _all(self) -> list[SessionRecord]:
+        return list(self._records.values())
+
+    def active_sessions(self, owner: str) -> list[str]:
+        return sorted(r.id for r in self._all() if r.owner == owner and not r.state.is_tombstone)
+
+    def active_count(self) -> int:
+        return sum(1 for r in self._all() if not r.state.is_tombstone)
+
+    def tombstone_count(self) -> int:
+        return sum(1 for r in self._all() if r.state.is_tombstone)
+
+    def oldest_tombstones(self, limit: int) -> list[str]:
+        tombstones = sorted(
+            (r for r in self._all() if r.state.is_tombstone), key=lambda r: r.last_activity
+        )
+        return [r.id for r in tombstones[: max(0, limit)]]
+
+    def session_ids(self) -> Iterator[str]:
+        yield from list(self._records)
+
+
+class MemoryBlobs:
+    """Bytes in RAM until the commit writes them to the destination."""
+
+    files: LocalFiles | None = None
+
+    def __init__(self) -> None:
+        self._data: dict[str, bytearray] = {}
+        self._published: dict[str, Path] = {}
+
+    def create_data(self, session_id: str, destination_key: str) -> None:
+        self._data[session_id] = bytearray()
+
+    def write(
+        self,
+        session_id: str,
+        offset: int,
+        chunks: Iterable[bytes],
+        fence: Callable[[], None] | None = None,
+    ) -> int:
         data = self._data[session_id]
+        if fence is not None:
+            fence()
         del data[offset:]
         try:
             for chunk in chunks:
@@ -57,6 +104,9 @@ class MemoryBackend:
             del data[offset:]
             raise
         return len(data) - offset
+
+    def rotate(self, session_id: str) -> None:
+        """Nothing to do: no descriptor reaches these bytes."""
 
     def sync(self, session_id: str) -> None:
         """Nothing to sync: the bytes are in memory until commit."""
@@ -93,18 +143,26 @@ class MemoryBackend:
     def discard_data(self, session_id: str) -> None:
         self._data.pop(session_id, None)
 
-    def delete(self, session_id: str) -> None:
-        with self._guard:
-            self._records.pop(session_id, None)
-            self._data.pop(session_id, None)
-            self._published.pop(session_id, None)
-            self._locks.pop(session_id, None)
+    def delete_data(self, session_id: str) -> None:
+        self._data.pop(session_id, None)
+        self._published.pop(session_id, None)
+
+
+class ThreadLocker:
+    """A ``threading.Lock`` per known session: excludes the threads of this process only."""
+
+    def __init__(self, known: Callable[[str], bool]) -> None:
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._known = known
 
     @contextlib.contextmanager
     def lock(self, session_id: str, timeout: float) -> Iterator[None]:
         with self._guard:
             # An unknown session has nothing to exclude, and nothing is kept for it.
-            lock = self._locks[session_id] if session_id in self._records else None
+            lock = None
+            if self._known(session_id):
+                lock = self._locks.setdefault(session_id, threading.Lock())
         if lock is None:
             yield
             return
@@ -115,23 +173,9 @@ class MemoryBackend:
         finally:
             lock.release()
 
-    def active_sessions(self, owner: str) -> list[str]:
-        return sorted(
-            r.id
-            for r in list(self._records.values())
-            if r.owner == owner and not r.state.is_tombstone
-        )
+    def fence(self, session_id: str) -> Fence | None:
+        return None
 
-    def active_count(self) -> int:
-        return sum(1 for r in list(self._records.values()) if not r.state.is_tombstone)
-
-    def tombstone_count(self) -> int:
-        return sum(1 for r in list(self._records.values()) if r.state.is_tombstone)
-
-    def oldest_tombstones(self, limit: int) -> list[str]:
-        tombstones = [r for r in list(self._records.values()) if r.state.is_tombstone]
-        tombstones.sort(key=lambda r: r.last_activity)
-        return [r.id for r in tombstones[: max(0, limit)]]
-
-    def session_ids(self) -> Iterator[str]:
-        yield from list(self._records)
+    def forget(self, session_id: str) -> None:
+        with self._guard:
+            self._locks.pop(session_id, None)

@@ -58,6 +58,7 @@ from typing import IO, Any
 from ..errors import BackendUnavailable, DestinationExists, InvalidRequest
 from ..paths import STATE_DIR_NAME, Destination
 from ..protocol import SessionId
+from .base import LocalFiles
 
 #: S3's smallest part (but the last) and its largest number of parts.
 MIN_PART_SIZE = 5 * 1024 * 1024
@@ -107,6 +108,10 @@ class _State:
 
 
 class S3Store:
+    """A :class:`~bits_wsgi.backends.base.BlobStore` in a bucket; no files on this host."""
+
+    files: LocalFiles | None = None
+
     def __init__(
         self,
         bucket: str,

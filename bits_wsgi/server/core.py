@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import paths
-from ..backends.base import Backend, LocalFiles, local_files
+from ..backends.base import Backend, LocalFiles
 from ..config import UploadDirectory
 from ..errors import (
     AccessDenied,
@@ -87,7 +87,7 @@ class UploadServer:
         default is ``backends.default_backend``); the server does no file I/O of its own."""
         self.directory = directory
         self.backend = backend
-        self._files: LocalFiles | None = local_files(self.backend)
+        self._files: LocalFiles | None = self.backend.files
         self.replies: Replies | None = None
         if directory.reply_mode:
             if self._files is None:

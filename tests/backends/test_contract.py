@@ -1,16 +1,125 @@
-"""The shared backend contract, run against every backend that ships."""
+"""The contract suites, run against every backend that ships and every part it is made of."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bits_wsgi.backends import Backend, FilesystemBackend, MemoryBackend
-from bits_wsgi.testing import BackendContract
+from bits_wsgi.backends.base import BlobStore, Locker, RecordStore
+from bits_wsgi.backends.files import DirectoryStore
+from bits_wsgi.backends.filesystem import FileRecords, FlockLocker
+from bits_wsgi.backends.memory import MemoryBlobs, MemoryRecords, ThreadLocker
+from bits_wsgi.testing import (
+    BackendContract,
+    BlobStoreContract,
+    LockerContract,
+    RecordStoreContract,
+)
 
 from ..support.s3 import new_bucket, s3_client
+
+# -- the parts -------------------------------------------------------------------------------
+
+
+class TestFileRecords(RecordStoreContract):
+    def make_records(self, root: Path) -> RecordStore:
+        return FileRecords(root / "state")
+
+
+class TestMemoryRecords(RecordStoreContract):
+    def make_records(self, root: Path) -> RecordStore:
+        return MemoryRecords()
+
+
+class TestRedisRecords(RecordStoreContract):
+    """Against a real redis-server; every test gets its own key prefix."""
+
+    @pytest.fixture(autouse=True)
+    def _redis(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+
+    def make_records(self, root: Path) -> RecordStore:
+        import redis
+
+        from bits_wsgi.backends.redis import RedisRecords
+        from bits_wsgi.backends.redis_lease import RedisKeys
+
+        client = redis.Redis.from_url(self.redis_url)
+        return RedisRecords(client, RedisKeys(f"t{uuid.uuid4().hex}"))
+
+
+class TestDirectoryStore(BlobStoreContract):
+    def make_blobs(self, root: Path) -> BlobStore:
+        return DirectoryStore(root.parent / "state")
+
+
+class TestMemoryBlobs(BlobStoreContract):
+    def make_blobs(self, root: Path) -> BlobStore:
+        return MemoryBlobs()
+
+
+class S3Destinations:
+    """Commits land in the bucket, below the store's prefix."""
+
+    client: Any
+    bucket: str
+
+    def read_destination(self, root: Path, key: str) -> bytes | None:
+        try:
+            got = self.client.get_object(Bucket=self.bucket, Key=f"uploads/{key}")
+        except self.client.exceptions.NoSuchKey:
+            return None
+        data: bytes = got["Body"].read()
+        return data
+
+    def place_destination(self, root: Path, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=f"uploads/{key}", Body=data)
+
+
+class TestS3Store(S3Destinations, BlobStoreContract):
+    """Against a real moto_server."""
+
+    @pytest.fixture(autouse=True)
+    def _s3(self, s3_endpoint: str) -> None:
+        self.client = s3_client(s3_endpoint)
+        self.bucket = new_bucket(s3_endpoint)
+
+    def make_blobs(self, root: Path) -> BlobStore:
+        from bits_wsgi.backends.s3 import S3Store
+
+        return S3Store(self.bucket, prefix="uploads", client=self.client)
+
+
+class TestFlockLocker(LockerContract):
+    def make_locker(self, root: Path, known: Callable[[str], bool]) -> Locker:
+        return FlockLocker(root / "Locks", known)
+
+
+class TestThreadLocker(LockerContract):
+    def make_locker(self, root: Path, known: Callable[[str], bool]) -> Locker:
+        return ThreadLocker(known)
+
+
+class TestRedisLocker(LockerContract):
+    @pytest.fixture(autouse=True)
+    def _redis(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+
+    def make_locker(self, root: Path, known: Callable[[str], bool]) -> Locker:
+        import redis
+
+        from bits_wsgi.backends.redis_lease import RedisKeys, RedisLocker
+
+        client = redis.Redis.from_url(self.redis_url)
+        return RedisLocker(client, RedisKeys(f"t{uuid.uuid4().hex}"), mark_ttl=60)
+
+
+# -- the backends that ship ----------------------------------------------------------------------
 
 
 class TestFilesystemBackend(BackendContract):
@@ -36,7 +145,7 @@ class TestRedisBackend(BackendContract):
         return RedisBackend(root / "shared", url=self.redis_url, prefix=f"t{uuid.uuid4().hex}")
 
 
-class TestRedisS3Backend(BackendContract):
+class TestRedisS3Backend(S3Destinations, BackendContract):
     """Redis for records and locks, S3 (a real moto_server) for the bytes."""
 
     @pytest.fixture(autouse=True)
@@ -51,14 +160,3 @@ class TestRedisS3Backend(BackendContract):
 
         store = S3Store(self.bucket, prefix="uploads", client=self.client)
         return RedisBackend(store, url=self.redis_url, prefix=f"t{uuid.uuid4().hex}")
-
-    def read_destination(self, backend: Backend, root: Path, key: str) -> bytes | None:
-        try:
-            got = self.client.get_object(Bucket=self.bucket, Key=f"uploads/{key}")
-        except self.client.exceptions.NoSuchKey:
-            return None
-        data: bytes = got["Body"].read()
-        return data
-
-    def place_destination(self, backend: Backend, root: Path, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=f"uploads/{key}", Body=data)

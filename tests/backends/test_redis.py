@@ -202,7 +202,7 @@ def test_a_forked_worker_starts_without_the_parents_lock_state(
     """A fork while the renewer held the backend's internal guard must not leave the child's
     guard locked forever (every lock() would hang)."""
     store = backend(redis_url, tmp_path / "shared", prefix)
-    with store.lock(SESSION_A, 1.0), store._held_guard:  # as if the renewer were copying
+    with store.lock(SESSION_A, 1.0), store.locker._held_guard:  # as if the renewer were copying
         child = os.fork()
         if child == 0:
             try:
