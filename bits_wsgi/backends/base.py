@@ -111,6 +111,10 @@ class BlobStore(Protocol):
         """Make sure no descriptor opened before now reaches the session's data: called by a
         new lock holder that took over from one whose lease expired while it wrote."""
 
+    def holding(self, session_id: str) -> AbstractContextManager[None]:
+        """This thread holds the session's lock meanwhile: nobody else changes its data, so the
+        store may keep what it reads (a listing, a size) until its own next change."""
+
     def sync(self, session_id: str) -> None:
         """Make the session's data durable."""
 

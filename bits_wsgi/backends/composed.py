@@ -17,7 +17,9 @@ What the composition adds to its parts:
   record for the same reason;
 - fencing (§10.1), for lockers whose lock is a lease: each change of the bytes is checked
   against the lease, and a holder taking over from a writer whose lease expired rotates the
-  data before it touches it.
+  data before it touches it;
+- the blob store knows when the lock is held (``BlobStore.holding``), so what it read to load
+  the session can serve the write that follows (S3 lists a session once per fragment).
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class ComposedBackend:
 
     @contextlib.contextmanager
     def lock(self, session_id: str, timeout: float) -> Iterator[None]:
-        with self.locker.lock(session_id, timeout):
+        with self.locker.lock(session_id, timeout), self.blobs.holding(session_id):
             fence = self.locker.fence(session_id)
             if fence is not None and fence.stale_writer:
                 # The last holder's lease expired with the data open for writing (a paused

@@ -12,6 +12,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from .._files import publish
@@ -107,6 +108,10 @@ class MemoryBlobs:
 
     def rotate(self, session_id: str) -> None:
         """Nothing to do: no descriptor reaches these bytes."""
+
+    def holding(self, session_id: str) -> AbstractContextManager[None]:
+        """Nothing kept: the bytes are at hand."""
+        return contextlib.nullcontext()
 
     def sync(self, session_id: str) -> None:
         """Nothing to sync: the bytes are in memory until commit."""

@@ -50,6 +50,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -141,6 +142,8 @@ class S3Store:
         # Upload ids never change and session ids are never reused: safe to keep, a bounded
         # number of them (a process lives through millions of sessions).
         self._uploads: OrderedDict[str, _Upload] = OrderedDict()
+        # What this thread read of the sessions whose lock it holds (see holding()).
+        self._held = threading.local()
 
     @property
     def client(self) -> Any:
@@ -191,6 +194,29 @@ class S3Store:
         while len(self._uploads) > UPLOAD_CACHE_SIZE:
             self._uploads.popitem(last=False)
 
+    @contextlib.contextmanager
+    def holding(self, session_id: str) -> Iterator[None]:
+        """While this thread holds the session's lock, nothing else changes what S3 holds of
+        it: the parts and chunks listed to load the session serve its write too (one listing
+        per fragment, not two). Each change made here drops what was kept."""
+        held = self._held_states()
+        held[session_id] = None
+        try:
+            yield
+        finally:
+            held.pop(session_id, None)
+
+    def _held_states(self) -> dict[str, _State | None]:
+        states: dict[str, _State | None] | None = getattr(self._held, "states", None)
+        if states is None:
+            states = self._held.states = {}
+        return states
+
+    def _changed(self, session_id: str) -> None:
+        held = self._held_states()
+        if session_id in held:
+            held[session_id] = None
+
     def data_size(self, session_id: str) -> int | None:
         state = self._state(session_id)
         if state is not None:
@@ -226,6 +252,7 @@ class S3Store:
                 spool.write(chunk)
                 written += len(chunk)
             check()
+            self._changed(session_id)
             state = self._cut(session_id, state, offset)
             spool.seek(0)
             if offset - state.uploaded + written < self.part_size:
@@ -348,6 +375,7 @@ class S3Store:
             if head is not None and _session_of(head) == session_id:
                 return
             raise FileNotFoundError(f"data of session {session_id} is gone")
+        self._changed(session_id)
         parts = [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in state.parts]
         conditional = {} if overwrite else {"IfNoneMatch": "*"}
         with _unavailable(), _destination_taken(self, upload.key, session_id):
@@ -412,6 +440,7 @@ class S3Store:
     # -- removal ------------------------------------------------------------------------------
 
     def discard_data(self, session_id: str) -> None:
+        self._changed(session_id)
         upload = self._upload(session_id)
         if upload is not None:
             self._abort(upload)
@@ -453,6 +482,16 @@ class S3Store:
 
     def _state(self, session_id: str) -> _State | None:
         """Parts and chunks, or None if the data is gone (discarded, aborted or completed)."""
+        held = self._held_states()
+        kept = held.get(session_id)
+        if kept is not None:
+            return kept
+        state = self._list_state(session_id)
+        if session_id in held:
+            held[session_id] = state
+        return state
+
+    def _list_state(self, session_id: str) -> _State | None:
         upload = self._upload(session_id)
         if upload is None:
             return None

@@ -72,6 +72,18 @@ class BlobStoreContract(Destinations):
         self.commit(blobs, root)
         assert self.read_destination(root, DESTINATION) == b"abcdef"
 
+    def test_what_a_store_keeps_while_held_follows_its_own_changes(
+        self, blobs: BlobStore, root: Path
+    ) -> None:
+        with blobs.holding(SESSION_A):
+            assert blobs.data_size(SESSION_A) == 0
+            blobs.write(SESSION_A, 0, [b"abcd"])
+            assert blobs.data_size(SESSION_A) == 4
+            blobs.write(SESSION_A, 1, [b"XY"])
+            assert blobs.data_size(SESSION_A) == 3
+            blobs.discard_data(SESSION_A)
+            assert blobs.data_size(SESSION_A) is None
+
     def test_rotation_keeps_the_bytes(self, blobs: BlobStore, root: Path) -> None:
         blobs.write(SESSION_A, 0, [b"before"])
         blobs.rotate(SESSION_A)

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from bits_wsgi import BITSMiddleware
+from bits_wsgi.backends import ComposedBackend
+from bits_wsgi.backends.memory import MemoryRecords, ThreadLocker
 from bits_wsgi.backends.redis import RedisBackend
 from bits_wsgi.backends.s3 import MIN_PART_SIZE, S3Store
 from bits_wsgi.errors import BackendUnavailable
@@ -187,15 +189,44 @@ def test_small_fragments_cost_no_rewrites(store: S3Store, client: Any, bucket: s
     assert committed(client, bucket) == payload
 
 
+def test_a_fragment_lists_its_session_once(client: Any, bucket: str) -> None:
+    """Loading the session (its offset) and writing the fragment, under one lock, share one
+    listing of the parts and chunks: S3 cannot change meanwhile."""
+    calls: dict[str, int] = {}
+    store = S3Store(bucket, client=_Counting(client, calls), part_size=PART)
+    backend = ComposedBackend(
+        records=MemoryRecords(), blobs=store, locker=ThreadLocker(lambda session_id: True)
+    )
+    backend.create(new_record())
+    fragment = os.urandom(64 * 1024)
+    for number in range(3):
+        with backend.lock(SESSION_A, 1.0):
+            record = backend.load(SESSION_A)
+            assert record is not None and record.received == number * len(fragment)
+            backend.write(SESSION_A, record.received, [fragment])
+    assert calls["paginate list_parts"] == calls["paginate list_objects_v2"] == 3
+    assert calls["put_object"] == 3 + 1  # a chunk per fragment, and the upload's manifest
+
+
 class _Counting:
+    """Counts the client's calls by name, and the paginated listings by operation."""
+
     def __init__(self, client: Any, calls: dict[str, int]) -> None:
         self._client = client
         self._calls = calls
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._client, name)
-        if not callable(method) or name.startswith("_") or name in ("get_paginator",):
+        if not callable(method) or name.startswith("_"):
             return method
+        if name == "get_paginator":
+
+            def paginator(operation: str) -> Any:
+                key = f"paginate {operation}"
+                self._calls[key] = self._calls.get(key, 0) + 1
+                return method(operation)
+
+            return paginator
 
         def counted(*args: Any, **kwargs: Any) -> Any:
             self._calls[name] = self._calls.get(name, 0) + 1
