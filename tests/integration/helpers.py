@@ -124,9 +124,14 @@ def start_serve(
 
 @contextlib.contextmanager
 def bits_serve(
-    root: Path, log: Path, *args: str, port: int | None = None, server: str | None = None
+    root: Path,
+    log: Path,
+    *args: str,
+    port: int | None = None,
+    server: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
-    server_process = start_serve(root, log, *args, port=port, server=server)
+    server_process = start_serve(root, log, *args, port=port, server=server, env=env)
     try:
         yield server_process
     finally:
