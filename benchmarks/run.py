@@ -157,6 +157,22 @@ def servers(base: Path) -> dict[str, Server]:
         "peer": Server(
             "peer", base / "peer", [sys.executable, "benchmarks/peer.py", "{root}", "{port}"]
         ),
+        # Serving models for slow links (benchmarks/slow_links.py), with the project's app.
+        "waitress": Server(
+            "waitress",
+            base / "waitress",
+            [
+                str(BIN / "waitress-serve"),
+                "--listen=127.0.0.1:{port}",
+                "--threads=8",
+                "benchmarks.apps:project",
+            ],
+        ),
+        "gevent": Server(
+            "gevent",
+            base / "gevent",
+            [gunicorn, "-k", "gevent", "--workers", "2", *bind, "benchmarks.apps:project"],
+        ),
     }
 
 
