@@ -31,6 +31,7 @@ ALLOWED = {
     "backends.composed": {"backends.base", "errors", "paths", "session"},
     "backends.files": {"_files", "paths", "protocol"},
     "backends.waiting": {"errors"},
+    "backends.sqlite": {"errors", "session"},
     "backends.redis_lease": {"backends.waiting", "errors"},
     "backends.s3": {"backends.base", "errors", "paths", "protocol"},
     "backends.filesystem": {

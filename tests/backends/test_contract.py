@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from bits_wsgi.backends import Backend, FilesystemBackend, MemoryBackend
+from bits_wsgi.backends import Backend, ComposedBackend, FilesystemBackend, MemoryBackend
 from bits_wsgi.backends.base import BlobStore, Locker, RecordStore
 from bits_wsgi.backends.files import DirectoryStore
 from bits_wsgi.backends.filesystem import FileRecords, FlockLocker
 from bits_wsgi.backends.memory import MemoryBlobs, MemoryRecords, ThreadLocker
+from bits_wsgi.backends.sqlite import SqliteRecords
 from bits_wsgi.testing import (
     BackendContract,
     BlobStoreContract,
@@ -34,6 +35,11 @@ class TestFileRecords(RecordStoreContract):
 class TestMemoryRecords(RecordStoreContract):
     def make_records(self, root: Path) -> RecordStore:
         return MemoryRecords()
+
+
+class TestSqliteRecords(RecordStoreContract):
+    def make_records(self, root: Path) -> RecordStore:
+        return SqliteRecords(root / "state" / "sessions.sqlite3")
 
 
 class TestRedisRecords(RecordStoreContract):
@@ -125,6 +131,19 @@ class TestRedisLocker(LockerContract):
 class TestFilesystemBackend(BackendContract):
     def make_backend(self, root: Path) -> Backend:
         return FilesystemBackend(root)
+
+
+class TestSqliteFilesBackend(BackendContract):
+    """Records in SQLite beside the filesystem backend's data and locks."""
+
+    def make_backend(self, root: Path) -> Backend:
+        state = root / "BITS-Sessions"
+        records = SqliteRecords(state / "sessions.sqlite3")
+        return ComposedBackend(
+            records=records,
+            blobs=DirectoryStore(state),
+            locker=FlockLocker(state / "Locks", records.exists),
+        )
 
 
 class TestMemoryBackend(BackendContract):
