@@ -118,6 +118,21 @@ def servers(base: Path) -> dict[str, Server]:
             base / "serve",
             [str(BIN / "bits-wsgi"), "serve", "{root}", "--port", "{port}", "--session-limit", "0"],
         ),
+        "serve-gunicorn": Server(
+            "serve-gunicorn",
+            base / "serve-gunicorn",
+            [
+                str(BIN / "bits-wsgi"),
+                "serve",
+                "{root}",
+                "--port",
+                "{port}",
+                "--session-limit",
+                "0",
+                "--server",
+                "gunicorn",
+            ],
+        ),
         "serve-granian": Server(
             "serve-granian",
             base / "serve-granian",
@@ -131,6 +146,21 @@ def servers(base: Path) -> dict[str, Server]:
                 "0",
                 "--server",
                 "granian",
+            ],
+        ),
+        "serve-waitress": Server(
+            "serve-waitress",
+            base / "serve-waitress",
+            [
+                str(BIN / "bits-wsgi"),
+                "serve",
+                "{root}",
+                "--port",
+                "{port}",
+                "--session-limit",
+                "0",
+                "--server",
+                "waitress",
             ],
         ),
         # A candidate for the server `bits-wsgi serve` embeds, with the project's app.

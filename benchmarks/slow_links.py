@@ -45,11 +45,19 @@ def candidates(base: Path) -> dict[str, Server]:
     gunicorn = str(BIN / "gunicorn")
     return {
         "serve": Server("serve", base / "serve", serve),
+        "serve-gunicorn": Server(
+            "serve-gunicorn", base / "serve-gunicorn", [*serve, "--server", "gunicorn"]
+        ),
         "serve-threads-64": Server(
-            "serve-threads-64", base / "serve-threads-64", [*serve, "--threads", "64"]
+            "serve-threads-64",
+            base / "serve-threads-64",
+            [*serve, "--server", "gunicorn", "--threads", "64"],
         ),
         "serve-granian": Server(
             "serve-granian", base / "serve-granian", [*serve, "--server", "granian"]
+        ),
+        "serve-waitress": Server(
+            "serve-waitress", base / "serve-waitress", [*serve, "--server", "waitress"]
         ),
         "waitress": Server(
             "waitress",

@@ -68,10 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--server",
-        choices=["gunicorn", "granian"],
-        default="gunicorn",
-        help="the HTTP server to run on; granian is faster but see docs/benchmarks.md "
-        "(default: %(default)s)",
+        choices=["waitress", "gunicorn", "granian"],
+        default="waitress",
+        help="the HTTP server to run on: waitress holds crowds of slow connections and drops "
+        "those under 240 bytes/s; gunicorn gives each request in flight a thread; granian "
+        "holds each body in memory; see docs/benchmarks.md (default: %(default)s)",
     )
     serve.add_argument("--workers", type=int, default=2, help="(default: %(default)s)")
     serve.add_argument("--threads", type=int, default=8, help="per worker (default: %(default)s)")

@@ -1,4 +1,5 @@
-"""``bits-wsgi serve``: the upload server on an embedded HTTP server (gunicorn or granian)."""
+"""``bits-wsgi serve``: the upload server on an embedded HTTP server (gunicorn, granian or
+waitress)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import tempfile
 from collections.abc import Sequence
 
 from .app import build_app
+from .options import directory_from
 
 
 def serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -25,6 +27,23 @@ def serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
             return 2
         serve_granian(
             argv, host=args.host, port=args.port, workers=args.workers, threads=args.threads
+        )
+        return 0
+    if args.server == "waitress":
+        try:
+            from ._waitress import serve as serve_waitress
+        except ImportError:
+            print(
+                "bits-wsgi: --server waitress needs waitress: pip install waitress", file=sys.stderr
+            )
+            return 2
+        serve_waitress(
+            app,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            threads=args.threads,
+            largest_body=directory_from(args, args.root).discard_limit,
         )
         return 0
     try:

@@ -90,8 +90,8 @@ class Server:
 
 PROJECT = Path(__file__).resolve().parents[2]
 
-#: The server `bits-wsgi serve` runs on in these tests: its default, gunicorn, unless asked.
-SERVE_SERVER = os.environ.get("BITS_WSGI_TEST_SERVER", "gunicorn")
+#: The server `bits-wsgi serve` runs on in these tests: its default, waitress, unless asked.
+SERVE_SERVER = os.environ.get("BITS_WSGI_TEST_SERVER", "waitress")
 
 
 def start_serve(
@@ -114,7 +114,7 @@ def start_serve(
     kind = server or SERVE_SERVER
     command += ["--server", kind]
     started = Server(command, port, log, cwd=PROJECT if crash else None, env=env)
-    if kind == "gunicorn":
+    if kind in ("gunicorn", "waitress"):
         # The port opens before the master has forked every worker; a test that signals the
         # group at once could miss a worker still being forked.
         workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 2

@@ -1,0 +1,214 @@
+"""waitress, embedded for ``bits-wsgi serve --server waitress``: a crowd of slow connections costs
+sockets and small buffers, never threads.
+
+Each worker process runs waitress's event loop, which reads request heads and bodies as they
+arrive (a body over ``inbuf_overflow`` waits in a temporary file, so memory is bounded by the
+connection limit, not by the crowd) and hands a request to one of the process's threads only once
+it is whole. The workers share one listening socket, bound by the master, which starts a new
+worker when one dies and stops them all gracefully on SIGTERM or SIGINT: no new connection is
+taken, requests already begun (arriving or being handled) finish, idle connections are closed.
+
+A request whose head is not complete after ``HEAD_TIMEOUT`` seconds, or which arrives slower
+than ``MIN_RATE`` bytes a second once ``GRACE`` seconds have passed, is dropped (PROTOCOL.md §9.3
+"Slow clients"; IIS drops below 240 bytes/s); waitress alone keeps any connection on which a
+byte arrives now and then.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from waitress import wasyncore
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
+log = logging.getLogger("bits_wsgi.serve")
+
+#: The slowest a request may arrive, in bytes a second, once GRACE seconds have passed.
+MIN_RATE = 240
+GRACE = 10.0
+#: The longest a request head may take to arrive.
+HEAD_TIMEOUT = 30.0
+#: An idle keep-alive connection is closed after this long (IIS: 120 s).
+IDLE_TIMEOUT = 120
+#: How long a graceful stop waits for the requests already begun.
+GRACEFUL_TIMEOUT = 60.0
+#: Bytes of a body held in memory per connection before it goes to a temporary file.
+INBUF_OVERFLOW = 64 * 1024
+
+
+class DeadlineChannel(HTTPChannel):  # type: ignore[misc]
+    """A connection that knows when its current request began and how much of it came."""
+
+    request_started: float | None = None
+    request_bytes = 0
+
+    def received(self, data: bytes) -> bool:
+        before = self.request
+        if before is None and self.request_started is None and data:
+            self.request_started, self.request_bytes = time.monotonic(), 0
+        self.request_bytes += len(data)
+        result: bool = super().received(data)
+        if self.request is None:
+            self.request_started = None  # the request arrived whole: the app has it now
+        elif before is not None and self.request is not before:
+            self.request_started, self.request_bytes = time.monotonic(), 0  # the next one began
+        return result
+
+    def too_slow(self, now: float) -> str | None:
+        started = self.request_started
+        if started is None or self.request is None:
+            return None
+        elapsed = now - started
+        if not self.request.headers_finished and elapsed > HEAD_TIMEOUT:
+            return f"request head incomplete after {elapsed:.0f} s"
+        if elapsed > GRACE and self.request_bytes < MIN_RATE * elapsed:
+            return f"{self.request_bytes} bytes in {elapsed:.0f} s, under {MIN_RATE} bytes/s"
+        return None
+
+    def busy(self) -> bool:
+        """A request is arriving, queued, being handled, or its answer is being sent."""
+        return bool(self.request is not None or self.requests or self.total_outbufs_len)
+
+
+class DeadlineServer(TcpWSGIServer):  # type: ignore[misc]
+    channel_class = DeadlineChannel
+
+    def maintenance(self, now: float) -> None:
+        """Every ``cleanup_interval``: idle connections past their timeout (waitress's rule),
+        and requests slower than the floor."""
+        super().maintenance(now)
+        self.drop_slow()
+
+    def drop_slow(self) -> None:
+        now = time.monotonic()
+        for channel in list(self.active_channels.values()):
+            reason = channel.too_slow(now)
+            if reason is not None:
+                log.info("dropped a slow connection from %s: %s", channel.addr[0], reason)
+                channel.will_close = True
+
+
+def serve(
+    application: WSGIApplication,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    threads: int,
+    largest_body: int,
+) -> None:
+    """``largest_body``: the largest body the application answers (its ``discard_limit``: a
+    fragment over ``max_fragment_size`` gets its 413 Ack once it has arrived); waitress refuses
+    a larger one and closes the connection, before it is stored anywhere."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.create_server((host, port), family=family, backlog=2048)
+    listener.setblocking(False)
+    adjustments = Adjustments(
+        threads=threads,
+        connection_limit=1000,
+        channel_timeout=IDLE_TIMEOUT,
+        cleanup_interval=1,
+        inbuf_overflow=INBUF_OVERFLOW,
+        max_request_body_size=largest_body,
+        recv_bytes=256 * 1024,
+        asyncore_use_poll=True,
+        ident="bits-wsgi",
+    )
+    log.info("bits-wsgi serve on http://%s:%d/ (waitress, %d workers)", host, port, workers)
+    _Master(application, listener, adjustments, workers).run()
+
+
+class _Master:
+    """Starts the workers, starts a new one when one dies, stops them all gracefully."""
+
+    def __init__(
+        self, application: WSGIApplication, listener: socket.socket, adj: Adjustments, count: int
+    ) -> None:
+        self.application, self.listener, self.adj, self.count = application, listener, adj, count
+        self.workers: set[int] = set()
+        self.stopping: float | None = None
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        while True:
+            if self.stopping is None:
+                while len(self.workers) < self.count:
+                    self._spawn()
+            elif not self.workers:
+                return
+            elif time.monotonic() - self.stopping > GRACEFUL_TIMEOUT + 5:
+                for pid in self.workers:
+                    os.kill(pid, signal.SIGKILL)
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid = 0
+            if pid:
+                self.workers.discard(pid)
+                if self.stopping is None:
+                    log.error("worker %d exited (%s); starting another", pid, status)
+            else:
+                time.sleep(0.1)
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        if self.stopping is None:
+            self.stopping = time.monotonic()
+            for pid in self.workers:
+                os.kill(pid, signal.SIGTERM)
+
+    def _spawn(self) -> None:
+        # A stop signal that arrives while the child is being made waits until the child has
+        # its own handlers: it would otherwise run the master's handler in the child, and the
+        # child would never stop.
+        stops = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        pid = os.fork()
+        if pid:
+            self.workers.add(pid)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+            return
+        try:
+            _work(self.application, self.listener, self.adj)
+        except BaseException:
+            log.exception("worker failed")
+            os._exit(1)
+        os._exit(0)
+
+
+def _work(application: WSGIApplication, listener: socket.socket, adj: Adjustments) -> None:
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.append(signum))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+    sockinfo = (listener.family, listener.type, listener.proto, listener.getsockname())
+    server = DeadlineServer(
+        application, _sock=listener, adj=adj, bind_socket=False, sockinfo=sockinfo
+    )
+    connections = server._map
+    while not stop:
+        wasyncore.loop(timeout=1.0, use_poll=True, map=connections, count=1)
+    # Graceful: no new connection; what has begun finishes; idle connections close.
+    server.accepting = False
+    server.del_channel()
+    deadline = time.monotonic() + GRACEFUL_TIMEOUT
+    while time.monotonic() < deadline:
+        server.drop_slow()
+        channels = list(server.active_channels.values())
+        for channel in channels:
+            if not channel.busy():
+                channel.will_close = True
+        if not channels:
+            break
+        wasyncore.loop(timeout=0.2, use_poll=True, map=connections, count=1)
+    server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
