@@ -4,6 +4,8 @@
 - ``baseline``: only the unavoidable work of a BITS fragment: read the body in chunks,
   ``os.pwrite`` it at its offset, answer a fixed Ack. No sessions, no checks, no durability:
   the ceiling for any BITS middleware under gunicorn.
+- ``baseline_fsync``: the same, and an fsync of the file with its last byte: the ceiling for a
+  durable one.
 
 The upload root comes from ``$BENCH_ROOT``.
 """
@@ -40,6 +42,18 @@ project_redis = _project_redis() if os.environ.get("BENCH_REDIS_URL") else None
 
 
 def baseline(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    return _baseline(environ, start_response, final_fsync=False)
+
+
+def baseline_fsync(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """The baseline with the one durability step no BITS server can skip: the file is fsynced
+    when its last byte has arrived, before the final Ack (PROTOCOL.md §10.2)."""
+    return _baseline(environ, start_response, final_fsync=True)
+
+
+def _baseline(
+    environ: dict[str, Any], start_response: Callable[..., Any], *, final_fsync: bool
+) -> Iterable[bytes]:
     kind = environ.get("HTTP_BITS_PACKET_TYPE", "")
     headers = [("BITS-Packet-Type", "Ack"), ("Content-Length", "0")]
     if kind == "Create-Session":
@@ -61,6 +75,8 @@ def baseline(environ: dict[str, Any], start_response: Callable[..., Any]) -> Ite
                 os.pwrite(fd, data, offset)
                 offset += len(data)
                 remaining -= len(data)
+            if final_fsync and offset == int(spec.rsplit("/", 1)[1]):
+                os.fsync(fd)
         finally:
             os.close(fd)
         headers.append(("BITS-Received-Content-Range", str(offset)))

@@ -113,6 +113,11 @@ def servers(base: Path) -> dict[str, Server]:
             base / "baseline",
             [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:baseline"],
         ),
+        "baseline-fsync": Server(
+            "baseline-fsync",
+            base / "baseline-fsync",
+            [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:baseline_fsync"],
+        ),
         "serve": Server(
             "serve",
             base / "serve",
