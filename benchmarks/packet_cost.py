@@ -5,7 +5,8 @@
         --rounds 1 --uploads 200
 
 Each upload is Create-Session, one 4 KiB Fragment (final: fsync, commit) and Close-Session,
-handed to ``UploadServer.handle`` as the middleware would. The stores alternate round by round
+handed to ``UploadServer.handle`` as the middleware would; ``--size`` and ``--fragment`` make it
+a larger upload in several fragments. The stores alternate round by round
 (A B A B ...); the median microseconds per upload of each are printed. Run it under strace to
 count system calls per upload (divide by ``--uploads``; the start-up's own calls are small).
 """
@@ -59,7 +60,8 @@ def handle(server: UploadServer, headers: dict[str, str], path: str, body: bytes
     return ack
 
 
-def uploads(server: UploadServer, count: int, prefix: str) -> float:
+def uploads(server: UploadServer, count: int, prefix: str, size: int, fragment: int) -> float:
+    block = DATA * (fragment // len(DATA)) + DATA[: fragment % len(DATA)]
     began = time.perf_counter()
     for n in range(count):
         path = f"{prefix}/{n}.bin"
@@ -70,8 +72,10 @@ def uploads(server: UploadServer, count: int, prefix: str) -> float:
         )
         assert created.session_id is not None
         session = {"BITS-Session-Id": created.session_id}
-        span = {"Content-Range": f"bytes 0-{len(DATA) - 1}/{len(DATA)}"}
-        handle(server, {"BITS-Packet-Type": "Fragment", **session, **span}, path, DATA)
+        for first in range(0, size, fragment):
+            body = block[: min(fragment, size - first)]
+            span = {"Content-Range": f"bytes {first}-{first + len(body) - 1}/{size}"}
+            handle(server, {"BITS-Packet-Type": "Fragment", **session, **span}, path, body)
         handle(server, {"BITS-Packet-Type": "Close-Session", **session}, path)
     return (time.perf_counter() - began) / count * 1e6
 
@@ -81,6 +85,8 @@ def main() -> None:
     parser.add_argument("--uploads", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--store", action="append", choices=sorted(STORES))
+    parser.add_argument("--size", type=int, default=len(DATA), help="bytes per upload")
+    parser.add_argument("--fragment", type=int, default=len(DATA), help="bytes per fragment")
     args = parser.parse_args()
     stores = args.store or sorted(STORES)
     results: dict[str, list[float]] = {name: [] for name in stores}
@@ -95,7 +101,8 @@ def main() -> None:
                     STORES[name](root),
                     sweep_interval=None,
                 )
-                results[name].append(uploads(server, args.uploads, "up"))
+                elapsed = uploads(server, args.uploads, "up", args.size, args.fragment)
+                results[name].append(elapsed)
     for name, runs in results.items():
         print(
             f"{name}: {statistics.median(runs):.0f} µs per upload"
