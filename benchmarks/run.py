@@ -91,87 +91,36 @@ class Server:
 def servers(base: Path) -> dict[str, Server]:
     gunicorn = str(BIN / "gunicorn")
     bind = ["--bind", "127.0.0.1:{port}"]
+    serve = [str(BIN / "bits-wsgi"), "serve", "{root}", "--port", "{port}", "--session-limit", "0"]
+
+    def server(name: str, command: list[str], **env: str) -> Server:
+        return Server(name, base / name, command, env=env)
+
     return {
-        "project": Server(
-            "project",
-            base / "project",
-            [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:project"],
-        ),
-        "project-nofsync": Server(
+        "project": server("project", [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:project"]),
+        "project-nofsync": server(
             "project-nofsync",
-            base / "project-nofsync",
             [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:project"],
-            env={"BENCH_WITHOUT_FSYNC": "1"},
+            BENCH_WITHOUT_FSYNC="1",
         ),
-        "project-redis": Server(
-            "project-redis",
-            base / "project-redis",
-            [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:project_redis"],
+        "project-redis": server(
+            "project-redis", [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:project_redis"]
         ),
-        "baseline": Server(
-            "baseline",
-            base / "baseline",
-            [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:baseline"],
+        "baseline": server(
+            "baseline", [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:baseline"]
         ),
-        "baseline-fsync": Server(
-            "baseline-fsync",
-            base / "baseline-fsync",
-            [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:baseline_fsync"],
+        "baseline-fsync": server(
+            "baseline-fsync", [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:baseline_fsync"]
         ),
-        "serve": Server(
-            "serve",
-            base / "serve",
-            [str(BIN / "bits-wsgi"), "serve", "{root}", "--port", "{port}", "--session-limit", "0"],
-        ),
-        "serve-gunicorn": Server(
-            "serve-gunicorn",
-            base / "serve-gunicorn",
-            [
-                str(BIN / "bits-wsgi"),
-                "serve",
-                "{root}",
-                "--port",
-                "{port}",
-                "--session-limit",
-                "0",
-                "--server",
-                "gunicorn",
-            ],
-        ),
-        "serve-granian": Server(
-            "serve-granian",
-            base / "serve-granian",
-            [
-                str(BIN / "bits-wsgi"),
-                "serve",
-                "{root}",
-                "--port",
-                "{port}",
-                "--session-limit",
-                "0",
-                "--server",
-                "granian",
-            ],
-        ),
-        "serve-waitress": Server(
-            "serve-waitress",
-            base / "serve-waitress",
-            [
-                str(BIN / "bits-wsgi"),
-                "serve",
-                "{root}",
-                "--port",
-                "{port}",
-                "--session-limit",
-                "0",
-                "--server",
-                "waitress",
-            ],
-        ),
-        # A candidate for the server `bits-wsgi serve` embeds, with the project's app.
-        "granian": Server(
+        # `bits-wsgi serve` as shipped, and on each engine it offers.
+        "serve": server("serve", serve),
+        "serve-waitress": server("serve-waitress", [*serve, "--server", "waitress"]),
+        "serve-gunicorn": server("serve-gunicorn", [*serve, "--server", "gunicorn"]),
+        "serve-granian": server("serve-granian", [*serve, "--server", "granian"]),
+        # Candidates measured with the project's app: the server, and serving models for
+        # crowds of slow links (benchmarks/slow_links.py).
+        "granian": server(
             "granian",
-            base / "granian",
             [
                 str(BIN / "granian"),
                 "--interface",
@@ -189,25 +138,31 @@ def servers(base: Path) -> dict[str, Server]:
                 "benchmarks.apps:project",
             ],
         ),
-        "peer": Server(
-            "peer", base / "peer", [sys.executable, "benchmarks/peer.py", "{root}", "{port}"]
-        ),
-        # Serving models for slow links (benchmarks/slow_links.py), with the project's app.
-        "waitress": Server(
+        "waitress": server(
             "waitress",
-            base / "waitress",
             [
                 str(BIN / "waitress-serve"),
                 "--listen=127.0.0.1:{port}",
                 "--threads=8",
+                "--connection-limit=2000",
                 "benchmarks.apps:project",
             ],
         ),
-        "gevent": Server(
+        "gevent": server(
             "gevent",
-            base / "gevent",
-            [gunicorn, "-k", "gevent", "--workers", "2", *bind, "benchmarks.apps:project"],
+            [
+                gunicorn,
+                "-k",
+                "gevent",
+                "--workers",
+                "2",
+                "--worker-connections",
+                "2000",
+                *bind,
+                "benchmarks.apps:project",
+            ],
         ),
+        "peer": server("peer", [sys.executable, "benchmarks/peer.py", "{root}", "{port}"]),
     }
 
 

@@ -33,59 +33,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .run import BIN, Server
+from .run import Server, servers
 
 PROTOCOL = "{7df0354d-249b-430f-820d-3d2a9bef4931}"
 
 
 def candidates(base: Path) -> dict[str, Server]:
-    """The serving models measured; ``serve`` is what ships."""
-    serve = [str(BIN / "bits-wsgi"), "serve", "{root}", "--port", "{port}", "--session-limit", "0"]
-    bind = ["--bind", "127.0.0.1:{port}"]
-    gunicorn = str(BIN / "gunicorn")
-    return {
-        "serve": Server("serve", base / "serve", serve),
-        "serve-gunicorn": Server(
-            "serve-gunicorn", base / "serve-gunicorn", [*serve, "--server", "gunicorn"]
-        ),
-        "serve-threads-64": Server(
-            "serve-threads-64",
-            base / "serve-threads-64",
-            [*serve, "--server", "gunicorn", "--threads", "64"],
-        ),
-        "serve-granian": Server(
-            "serve-granian", base / "serve-granian", [*serve, "--server", "granian"]
-        ),
-        "serve-waitress": Server(
-            "serve-waitress", base / "serve-waitress", [*serve, "--server", "waitress"]
-        ),
-        "waitress": Server(
-            "waitress",
-            base / "waitress",
-            [
-                str(BIN / "waitress-serve"),
-                "--listen=127.0.0.1:{port}",
-                "--threads=8",
-                "--connection-limit=2000",
-                "benchmarks.apps:project",
-            ],
-        ),
-        "gevent": Server(
-            "gevent",
-            base / "gevent",
-            [
-                gunicorn,
-                "-k",
-                "gevent",
-                "--workers",
-                "2",
-                "--worker-connections",
-                "2000",
-                *bind,
-                "benchmarks.apps:project",
-            ],
-        ),
-    }
+    """The serving models measured (``serve`` is what ships): the suite's servers, and gunicorn
+    with many threads."""
+    pool = servers(base)
+    threads = [*pool["serve-gunicorn"].command, "--threads", "64"]
+    pool["serve-threads-64"] = Server("serve-threads-64", base / "serve-threads-64", threads)
+    return pool
 
 
 # -- the wire -------------------------------------------------------------------------------
