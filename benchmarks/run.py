@@ -166,6 +166,27 @@ def servers(base: Path) -> dict[str, Server]:
     }
 
 
+#: Server CPU (user + system, every process of the server) per upload, by (scenario, server).
+SERVER_CPU_MS: dict[tuple[str, str], list[float]] = {}
+
+
+def group_cpu_seconds(group: int) -> float:
+    """User and system time of every live process in the process group (the server runs in a
+    session of its own, so its group is its PID)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:  # pgrp; fields[11:13] are utime and stime
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -190,7 +211,13 @@ class Scenario:
 
     def measure(self, server: Server) -> float:
         jobs = self.jobs(server.port)
+        assert server.process is not None
+        cpu_before = group_cpu_seconds(server.process.pid)
         seconds = run(jobs)
+        cpu = group_cpu_seconds(server.process.pid) - cpu_before
+        SERVER_CPU_MS.setdefault((self.name, server.name), []).append(
+            cpu * 1000 / (self.clients * self.uploads)
+        )
         verify(str(server.root), jobs)
         server.clean()
         if self.unit == "uploads/s":
@@ -278,8 +305,8 @@ def main() -> None:
                 pool["project-redis"].env["BENCH_REDIS_URL"] = redis_server[1]
             for name in needed:
                 pool[name].start()
-            print("| scenario | A | B | A median | B median | A/B |")
-            print("|---|---|---|---|---|---|")
+            print("| scenario | A | B | A median | B median | A/B | server CPU per upload, A / B |")
+            print("|---|---|---|---|---|---|---|")
             for scenario in scenarios(args.quick):
                 if args.only and not any(scenario.name.startswith(p) for p in args.only):
                     continue
@@ -297,12 +324,20 @@ def main() -> None:
                         "a_median": statistics.median(a),
                         "b_median": statistics.median(b),
                         "ratio": ratio,
+                        "a_cpu_ms_per_upload": statistics.median(
+                            SERVER_CPU_MS[(scenario.name, a_name)]
+                        ),
+                        "b_cpu_ms_per_upload": statistics.median(
+                            SERVER_CPU_MS[(scenario.name, b_name)]
+                        ),
                     }
                     rows.append(row)
                     print(
                         f"| {scenario.name} | {a_name} | {b_name} | "
                         f"{row['a_median']:.1f} {scenario.unit} | "
-                        f"{row['b_median']:.1f} {scenario.unit} | {ratio:.2f} |",
+                        f"{row['b_median']:.1f} {scenario.unit} | {ratio:.2f} | "
+                        f"server CPU per upload {row['a_cpu_ms_per_upload']:.2f} / "
+                        f"{row['b_cpu_ms_per_upload']:.2f} ms |",
                         flush=True,
                     )
             if args.plot:
