@@ -74,9 +74,15 @@ class DirectoryStore:
     def create_data(self, session_id: str, destination_key: str) -> None:
         """An empty data file for a new session (in the folder its record may already hold)."""
         folder = request_folder(self._requests_str, session_id)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(folder)
-        os.close(os.open(f"{folder}/{DATA_NAME}", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
+        path = f"{folder}/{DATA_NAME}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o666)
+        except FileNotFoundError:  # no record store made the folder (a blob store alone)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(folder)
+            fd = os.open(path, flags, 0o666)
+        os.close(fd)
 
     def delete_data(self, session_id: str) -> None:
         shutil.rmtree(self._session_dir(session_id), ignore_errors=True)
