@@ -1,7 +1,7 @@
 """What a small upload costs the server itself, per record store: no HTTP, no client.
 
     .venv/bin/python -m benchmarks.packet_cost [--uploads 500] [--rounds 3] [--store files ...]
-    strace -f -c -o trace.txt .venv/bin/python -m benchmarks.packet_cost --store sqlite \\
+    strace -f -c -o trace.txt .venv/bin/python -m benchmarks.packet_cost --store files \\
         --rounds 1 --uploads 200
 
 Each upload is Create-Session, one 4 KiB Fragment (final: fsync, commit) and Close-Session,
@@ -25,8 +25,7 @@ from werkzeug.datastructures import Headers
 from bits_wsgi import UploadDirectory, UploadServer
 from bits_wsgi.backends import Backend, ComposedBackend, FilesystemBackend
 from bits_wsgi.backends.files import DirectoryStore
-from bits_wsgi.backends.filesystem import FlockLocker
-from bits_wsgi.backends.sqlite import SqliteRecords
+from bits_wsgi.backends.filesystem import FileRecords, FlockLocker
 from bits_wsgi.paths import state_dir
 from bits_wsgi.protocol import PROTOCOL_GUID, Ack, parse
 from bits_wsgi.server import RequestInfo
@@ -36,12 +35,14 @@ DATA = b"x" * 4096
 
 
 def files(root: Path) -> Backend:
+    """The filesystem backend as it ships: SQLite records, flat data files, flock locks."""
     return FilesystemBackend(root)
 
 
-def sqlite(root: Path) -> Backend:
+def folders(root: Path) -> Backend:
+    """The filesystem backend's first layout: a folder per session, a record file, markers."""
     state = state_dir(root)
-    records = SqliteRecords(state / "sessions.sqlite3")
+    records = FileRecords(state)
     return ComposedBackend(
         records=records,
         blobs=DirectoryStore(state),
@@ -49,7 +50,7 @@ def sqlite(root: Path) -> Backend:
     )
 
 
-STORES = {"files": files, "sqlite": sqlite}
+STORES = {"files": files, "folders": folders}
 
 
 def handle(server: UploadServer, headers: dict[str, str], path: str, body: bytes = b"") -> Ack:
@@ -60,9 +61,12 @@ def handle(server: UploadServer, headers: dict[str, str], path: str, body: bytes
     return ack
 
 
-def uploads(server: UploadServer, count: int, prefix: str, size: int, fragment: int) -> float:
+def uploads(
+    server: UploadServer, count: int, prefix: str, size: int, fragment: int
+) -> tuple[float, float]:
+    """Microseconds per upload: elapsed, and CPU time of this process (user + system)."""
     block = DATA * (fragment // len(DATA)) + DATA[: fragment % len(DATA)]
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     for n in range(count):
         path = f"{prefix}/{n}.bin"
         created = handle(
@@ -77,7 +81,8 @@ def uploads(server: UploadServer, count: int, prefix: str, size: int, fragment: 
             span = {"Content-Range": f"bytes {first}-{first + len(body) - 1}/{size}"}
             handle(server, {"BITS-Packet-Type": "Fragment", **session, **span}, path, body)
         handle(server, {"BITS-Packet-Type": "Close-Session", **session}, path)
-    return (time.perf_counter() - began) / count * 1e6
+    elapsed = (time.perf_counter() - began) / count * 1e6
+    return elapsed, (time.process_time() - cpu) / count * 1e6
 
 
 def main() -> None:
@@ -87,11 +92,13 @@ def main() -> None:
     parser.add_argument("--store", action="append", choices=sorted(STORES))
     parser.add_argument("--size", type=int, default=len(DATA), help="bytes per upload")
     parser.add_argument("--fragment", type=int, default=len(DATA), help="bytes per fragment")
+    parser.add_argument(
+        "--dir", default=".", help="where the upload roots go (default: here; not a tmpfs)"
+    )
     args = parser.parse_args()
     stores = args.store or sorted(STORES)
-    results: dict[str, list[float]] = {name: [] for name in stores}
-    # Below the current directory: on the disk uploads go to, not a tmpfs.
-    with tempfile.TemporaryDirectory(prefix="bits-cost-", dir=".") as scratch:
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in stores}
+    with tempfile.TemporaryDirectory(prefix="bits-cost-", dir=args.dir) as scratch:
         for round_ in range(args.rounds):
             for name in stores:
                 root = Path(scratch) / f"{name}-{round_}"
@@ -101,12 +108,15 @@ def main() -> None:
                     STORES[name](root),
                     sweep_interval=None,
                 )
-                elapsed = uploads(server, args.uploads, "up", args.size, args.fragment)
-                results[name].append(elapsed)
+                uploads(server, 20, "warm", args.size, args.fragment)
+                results[name].append(uploads(server, args.uploads, "up", args.size, args.fragment))
     for name, runs in results.items():
+        elapsed = [wall for wall, _ in runs]
+        cpu = [used for _, used in runs]
         print(
-            f"{name}: {statistics.median(runs):.0f} µs per upload"
-            f" (runs: {[round(r) for r in runs]})"
+            f"{name}: {statistics.median(elapsed):.0f} µs per upload,"
+            f" {statistics.median(cpu):.0f} µs of CPU"
+            f" (runs: {[round(r) for r in elapsed]}, CPU {[round(r) for r in cpu]})"
         )
 
 

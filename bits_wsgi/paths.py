@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import unicodedata
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -95,9 +96,45 @@ def resolve_destination(root: Path, key: str) -> Path:
     Raises 400 if symlinks lead outside the root or into the state area, if the destination is an
     existing directory, or if something on the way is not a directory. Creates nothing.
     """
-    real_root = Path(os.path.realpath(root))
+    return _resolve(os.path.realpath(root), key)
+
+
+def _resolve(real_root: str, key: str) -> Path:
+    segments = key.split("/")
+    if segments[0].casefold() != STATE_DIR_NAME.casefold():
+        plain = _resolve_without_links(real_root, segments)
+        if plain is not None:
+            return plain
+    return _resolve_through_links(Path(real_root), segments)
+
+
+def _resolve_without_links(real_root: str, segments: list[str]) -> Path | None:
+    """The common case, one ``lstat`` per existing segment below the root: ``None`` as soon as
+    a symlink is met, for :func:`_resolve_through_links` to judge."""
+    current = real_root.rstrip("/")
+    last = len(segments) - 1
+    for index, segment in enumerate(segments):
+        path = f"{current}/{segment}"
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return Path(real_root, *segments)  # nothing below is there: no link either
+        except NotADirectoryError:
+            raise InvalidRequest("destination path runs through a file") from None
+        if stat.S_ISLNK(mode):
+            return None
+        if index == last:
+            if stat.S_ISDIR(mode):
+                raise InvalidRequest("destination is a directory")
+        elif not stat.S_ISDIR(mode):
+            raise InvalidRequest("destination path runs through a file")
+        current = path
+    return Path(current)
+
+
+def _resolve_through_links(real_root: Path, segments: list[str]) -> Path:
     try:
-        candidate = Path(os.path.realpath(real_root.joinpath(*key.split("/"))))
+        candidate = Path(os.path.realpath(real_root.joinpath(*segments)))
     except OSError as exc:  # a link swapped for a folder while it was being read (EINVAL)
         raise InvalidRequest("the destination's path changed while it was checked") from exc
     if not candidate.is_relative_to(real_root) or candidate == real_root:
@@ -123,10 +160,14 @@ def open_destination_parent(root: Path, key: str) -> Iterator[tuple[int, str]]:
     swapped for a symlink after the check (``renameat2(RENAME_EXCHANGE)`` by a local user) is
     an error, not a way out of the root: the commit links into the very folder that was walked.
     """
-    resolved = resolve_destination(root, key)
-    real_root = Path(os.path.realpath(root))
-    real_root.mkdir(parents=True, exist_ok=True)  # the operator's root, made when first needed
-    fd = os.open(real_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    real_root = os.path.realpath(root)
+    resolved = _resolve(real_root, key)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    try:
+        fd = os.open(real_root, flags)
+    except FileNotFoundError:  # the operator's root, made when first needed
+        os.makedirs(real_root, exist_ok=True)
+        fd = os.open(real_root, flags)
     try:
         for segment in resolved.parent.relative_to(real_root).parts:
             child = _open_child_dir(fd, segment)

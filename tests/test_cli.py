@@ -13,13 +13,13 @@ from bits_wsgi import BITSMiddleware
 from bits_wsgi.cli import build_app, build_parser, main
 
 from .conftest import BitsClient, fallback_app
+from .support.sessions import edit_records, per_session_files, records
 
 
 def age(upload_dir: Path, seconds: float) -> None:
-    for path in (upload_dir / "BITS-Sessions" / "Requests").glob("*/session.json"):
-        record = json.loads(path.read_text())
-        record["last_activity"] -= seconds
-        path.write_text(json.dumps(record))
+    edit_records(
+        upload_dir, lambda record: record.update(last_activity=record["last_activity"] - seconds)
+    )
 
 
 def test_cleanup_removes_expired_sessions_and_keeps_live_ones(tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_cleanup_removes_old_tombstones(tmp_path: Path, capsys: pytest.CaptureFi
     age(tmp_path, 2 * 86_400)
     assert main(["cleanup", str(tmp_path), "--older-than", "0"]) == 0
     assert capsys.readouterr().out.strip() == "removed 1 expired session"
-    assert list((tmp_path / "BITS-Sessions" / "Locks").iterdir()) == []
+    assert per_session_files(tmp_path) == [] and records(tmp_path) == []
 
 
 def test_cleanup_of_a_missing_root_is_an_error(

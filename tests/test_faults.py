@@ -21,6 +21,7 @@ from bits_wsgi.backends.filesystem import FilesystemBackend
 
 from .conftest import BitsClient, error_of, fallback_app
 from .support.clock import Clock
+from .support.sessions import data_files, store_raw, stored
 
 KiB = 1024
 DISK_FULL = (500, "0x80070070", "0x5")
@@ -73,7 +74,7 @@ def test_a_real_full_disk_is_500_disk_full_and_resumes_when_space_returns(
     assert int(failed.headers["BITS-Received-Content-Range"]) == offset  # nothing moved
     assert 0 < offset < len(data)
     assert not (uploads / "f.bin").exists()  # nothing committed
-    (held,) = (uploads / "BITS-Sessions" / "Requests").glob("*/requestfile.bin")
+    (held,) = data_files(uploads)
     assert held.stat().st_size == offset  # the partial fragment was cut back
 
     ballast.unlink()  # space returns
@@ -127,7 +128,7 @@ def test_a_full_disk_at_the_os_call_boundary(
     offset, failed = _upload_until_full(client, data, 64 * KiB)
     assert error_of(failed) == DISK_FULL
     assert offset == 256 * KiB  # four whole fragments; the fifth was cut back
-    (held,) = (uploads / "BITS-Sessions" / "Requests").glob("*/requestfile.bin")
+    (held,) = data_files(uploads)
     assert held.stat().st_size == offset
     assert not (uploads / "f.bin").exists()
     disk.free = 10**9
@@ -161,9 +162,8 @@ def test_a_damaged_record_is_an_unknown_session_and_nothing_else_breaks(
     assert victim.create().status_int == 200
     assert victim.fragment(b"abc", 0, 6).status_int == 200
     assert bystander.create().status_int == 200
-    records = sorted((uploads / "BITS-Sessions" / "Requests").glob("*/session.json"))
-    path = next(p for p in records if victim.session_id and victim.session_id in str(p))
-    path.write_bytes(damage(path.read_bytes()))
+    key = next(key for key in stored(uploads) if victim.session_id and key in victim.session_id)
+    store_raw(uploads, key, damage(stored(uploads)[key]))
 
     for response in (victim.fragment(b"def", 3, 6), victim.close()):
         assert error_of(response) == (500, "0x8020001F", "0x5")  # the client starts over
@@ -181,7 +181,7 @@ def test_a_damaged_record_is_an_unknown_session_and_nothing_else_breaks(
         clock=lambda: time.time() + 30 * 86_400,
     )
     assert future.sweep() == 2  # the bystander's tombstone and the victim's fresh session
-    assert path.exists()
+    assert key in stored(uploads)
 
 
 # -- the wall clock jumps --------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_a_clock_that_jumps_forward_expires_by_wall_time_and_loses_nothing_commi
     # the finished upload's session is idle as long: the sweep expires it, its file stays
     assert client.test.app.servers[0].sweep() == 1
     assert (tmp_path / "done.bin").read_bytes() == b"committed before the jump"
-    assert list((tmp_path / "BITS-Sessions" / "Requests").glob("*/requestfile.bin")) == []
+    assert data_files(tmp_path) == []
 
 
 def test_expiry_is_measured_from_the_last_activity_not_the_creation(tmp_path: Path) -> None:

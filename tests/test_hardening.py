@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from .conftest import BitsClient
+from .support.sessions import edit_records
 
 GUID = "{A0FF5911-4144-45B3-BF27-27AFC8EC8A67}"
 
@@ -245,13 +246,11 @@ def test_probes_for_unknown_sessions_leave_no_file(tmp_path: Path) -> None:
 
 
 def _age_record(root: Path, seconds: float) -> None:
-    import json
+    def age(record: dict[str, Any]) -> None:
+        record["last_activity"] -= seconds
+        record["created"] -= seconds
 
-    for record in (root / "BITS-Sessions" / "Requests").glob("*/session.json"):
-        data = json.loads(record.read_text())
-        data["last_activity"] -= seconds
-        data["created"] -= seconds
-        record.write_text(json.dumps(data))
+    edit_records(root, age)
 
 
 @pytest.mark.parametrize("older_than", ["1", "0"])

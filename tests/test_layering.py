@@ -32,6 +32,7 @@ ALLOWED = {
     "backends.files": {"_files", "paths", "protocol"},
     "backends.waiting": {"errors"},
     "backends.sqlite": {"errors", "session"},
+    "backends.range_lock": {"backends.base", "backends.waiting"},
     "backends.redis_lease": {"backends.waiting", "errors"},
     "backends.s3": {"backends.base", "errors", "paths", "protocol"},
     "backends.filesystem": {
@@ -39,6 +40,8 @@ ALLOWED = {
         "backends.base",
         "backends.composed",
         "backends.files",
+        "backends.range_lock",
+        "backends.sqlite",
         "backends.waiting",
         "errors",
         "paths",

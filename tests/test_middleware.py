@@ -21,7 +21,7 @@ from bits_wsgi.protocol import PROTOCOL_GUID
 
 from .conftest import BitsClient, call, error_of, fallback_app, raw_environ
 from .support.ids import key_of
-from .support.sessions import records, sha256
+from .support.sessions import data_files, records, sha256
 
 Make = Callable[..., BitsClient]
 
@@ -170,7 +170,7 @@ def test_appendix_a1_upload_replayed(upload_dir: Path) -> None:
     assert "BITS-Error-Code" not in close.headers
 
     assert sha256((upload_dir / "2000mb-rfc2119.txt").read_bytes()) == sha256(data)
-    assert not (upload_dir / "BITS-Sessions" / "Requests" / session_id / "requestfile.bin").exists()
+    assert data_files(upload_dir) == []
 
 
 def test_appendix_a2_host_id_on_create(make_client: Make) -> None:

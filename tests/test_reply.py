@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from bits_wsgi import BITSMiddleware
 from bits_wsgi.notify import Reply, Upload
 
 from .conftest import BitsClient, error_of
+from .support.sessions import edit_records
 
 
 class App:
@@ -418,10 +418,9 @@ def test_cancel_and_expiry_events(tmp_path: Path) -> None:
     cancelled.cancel()
     expiring = BitsClient(middleware, path="/g.bin")
     expiring.create()
-    for path in (tmp_path / "BITS-Sessions" / "Requests").glob("*/session.json"):
-        record = json.loads(path.read_text())
-        record["last_activity"] -= 3600
-        path.write_text(json.dumps(record))
+    edit_records(
+        tmp_path, lambda record: record.update(last_activity=record["last_activity"] - 3600)
+    )
     assert expiring.fragment(b"x", 0, 1).status_int == 500
     assert kinds == ["session_cancelled", "session_expired"]
 
@@ -470,9 +469,6 @@ def test_reply_is_gone_after_expiry(tmp_path: Path) -> None:
     client = make(tmp_path, app, session_timeout=60)
     url = upload(client, DATA).headers["BITS-Reply-URL"]
     assert reply_of(client, url).status_int == 200
-    for path in (tmp_path / "BITS-Sessions" / "Requests").glob("*/session.json"):
-        record = json.loads(path.read_text())
-        record["last_activity"] -= 61
-        path.write_text(json.dumps(record))
+    edit_records(tmp_path, lambda record: record.update(last_activity=record["last_activity"] - 61))
     assert reply_of(client, url).status_int == 404
     assert list((tmp_path / "BITS-Sessions" / "Replies").iterdir()) == []

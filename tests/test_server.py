@@ -17,6 +17,7 @@ from bits_wsgi.wsgi.body import BodyReader
 
 from .support.clock import Clock
 from .support.ids import key_of
+from .support.sessions import data_file, store_raw, stored
 
 REQUEST = RequestInfo(identity="alice", destination="f.bin", url="http://h/f.bin")
 
@@ -76,9 +77,9 @@ def test_sweep_skips_unreadable_records(tmp_path: Path) -> None:
         UploadDirectory(upload_dir=tmp_path), FilesystemBackend(tmp_path), sweep_interval=None
     )
     key = create(server)
-    (tmp_path / "BITS-Sessions" / "Requests" / f"{{{key}}}" / "session.json").write_text("{")
+    store_raw(tmp_path, key, b"{")
     assert server.sweep(older_than=0) == 0
-    assert (tmp_path / "BITS-Sessions" / "Requests" / f"{{{key}}}").exists()
+    assert key in stored(tmp_path) and data_file(tmp_path, key).exists()
 
 
 def test_the_server_sweeps_by_itself_without_traffic(tmp_path: Path) -> None:

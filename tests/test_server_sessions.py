@@ -19,7 +19,15 @@ from bits_wsgi.backends import FilesystemBackend
 from .conftest import error_of
 from .support.ids import key_of
 from .support.server_client import ServerClient, new_server
-from .support.sessions import age_sessions, records, sha256
+from .support.sessions import (
+    age_sessions,
+    data_files,
+    per_session_files,
+    records,
+    sha256,
+    store_raw,
+    stored,
+)
 
 Make = Callable[..., ServerClient]
 
@@ -239,7 +247,7 @@ def test_commit_on_close_with_destination_appearing_is_403(
 def test_close_with_the_data_gone_is_404(make_server: Make, upload_dir: Path) -> None:
     client = make_server(commit_on="close")
     client.upload(b"vanishes")
-    for data_file in (upload_dir / "BITS-Sessions" / "Requests").glob("*/requestfile.bin"):
+    for data_file in data_files(upload_dir):
         data_file.unlink()
     assert error_of(client.close()) == (404, "0x80070002", "0x5")
 
@@ -280,7 +288,7 @@ def test_unknown_sessions_are_500_session_not_found(
     for response in (client.fragment(b"x", 0, 1, session_id=session_id), client.close(session_id)):
         assert error_of(response) == (500, "0x8020001F", "0x5")
     # probing ids leaves nothing behind
-    assert list((upload_dir / "BITS-Sessions" / "Locks").iterdir()) == []
+    assert per_session_files(upload_dir) == [] and records(upload_dir) == []
 
 
 def test_idle_session_expires_lazily(make_server: Make, upload_dir: Path) -> None:
@@ -304,8 +312,8 @@ def test_activity_keeps_a_session_alive(make_server: Make, upload_dir: Path) -> 
 def test_corrupt_record_is_session_not_found(make_server: Make, upload_dir: Path) -> None:
     client = make_server()
     client.create()
-    for path in (upload_dir / "BITS-Sessions" / "Requests").glob("*/session.json"):
-        path.write_text("{not json")
+    for key in stored(upload_dir):
+        store_raw(upload_dir, key, b"{not json")
     assert error_of(client.fragment(b"x", 0, 1)) == (500, "0x8020001F", "0x5")
 
 
@@ -518,7 +526,7 @@ def test_an_enormous_declared_total_allocates_nothing(make_server: Make, upload_
     response = client.fragment(b"x", 0, huge)
     assert response.status_int == 200
     assert response.headers["BITS-Received-Content-Range"] == "1"
-    (data_file,) = (upload_dir / "BITS-Sessions" / "Requests").glob("*/requestfile.bin")
+    (data_file,) = data_files(upload_dir)
     assert data_file.stat().st_size == 1
     assert data_file.stat().st_blocks <= 8  # no sparse preallocation either
 

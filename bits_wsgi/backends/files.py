@@ -1,14 +1,17 @@
 """Upload bytes and replies as files in one directory: a blob store with local files.
 
-``DirectoryStore`` keeps, below a state directory::
+``DirectoryStore`` keeps, below a state directory, in one of two layouts::
 
-    Requests/{ID}/requestfile.bin   the upload's bytes, appended in order
+    Requests/{ID}.bin               the upload's bytes, appended in order (flat=True)
+    Requests/{ID}/requestfile.bin   the same, in a folder per session (IIS's names)
     Replies/{ID}/responsefile.bin   the server application's reply (upload-reply mode)
 
-The filesystem backend keeps its records beside the data (``FileRecords``); the Redis backend
-keeps records and locks in Redis and the bytes here, in a directory every host mounts (the
-shared-directory blob store; ``bits_wsgi.backends.s3.S3Store`` is the other one). Ids reaching
-here are normalised GUIDs (``protocol.SessionId.key``), never client text.
+The filesystem backend uses the flat layout: one new inode per session instead of a folder and
+a file, which is most of what a small upload costs (docs/benchmarks.md, "The cost of a small
+upload"). The Redis backend keeps records and locks in Redis and the bytes here, in a directory
+every host mounts, in the folder layout it has always had (the shared-directory blob store;
+``bits_wsgi.backends.s3.S3Store`` is the other one). Ids reaching here are normalised GUIDs
+(``protocol.SessionId.key``), never client text.
 """
 
 from __future__ import annotations
@@ -26,21 +29,29 @@ from ..protocol import SessionId
 
 REQUESTS_FOLDER = "Requests"
 DATA_NAME = "requestfile.bin"
+#: The data file's suffix in the flat layout.
+FLAT_SUFFIX = ".bin"
 #: Fragments at least this big start their writeback at once (see write()).
 _WRITEBACK_MIN = 256 * 1024
 
 
 def request_folder(requests: str, session_id: str) -> str:
-    """The folder of a session's request (its data, and the filesystem backend's record)."""
+    """The folder of a session's request in the folder layout."""
     return f"{requests}/{SessionId(session_id).wire}"
+
+
+def flat_data_file(requests: str, session_id: str) -> str:
+    """A session's data file in the flat layout."""
+    return f"{requests}/{SessionId(session_id).wire}{FLAT_SUFFIX}"
 
 
 class DirectoryStore:
     """A :class:`~bits_wsgi.backends.base.BlobStore` that is its own ``LocalFiles``."""
 
-    def __init__(self, state: str | os.PathLike[str]) -> None:
+    def __init__(self, state: str | os.PathLike[str], *, flat: bool = False) -> None:
         self.state = Path(state)
         self.files = self
+        self.flat = flat
         self._requests = self.state / REQUESTS_FOLDER
         self._replies = self.state / REPLIES_FOLDER
         for folder in (self._requests, self._replies):
@@ -52,9 +63,11 @@ class DirectoryStore:
         return self._requests / SessionId(session_id).wire
 
     def data_path(self, session_id: str) -> Path:
-        return self._session_dir(session_id) / DATA_NAME
+        return Path(self._data_str(session_id))
 
     def _data_str(self, session_id: str) -> str:
+        if self.flat:
+            return flat_data_file(self._requests_str, session_id)
         return f"{request_folder(self._requests_str, session_id)}/{DATA_NAME}"
 
     def reply_path(self, session_id: str) -> Path:
@@ -73,9 +86,12 @@ class DirectoryStore:
 
     def create_data(self, session_id: str, destination_key: str) -> None:
         """An empty data file for a new session (in the folder its record may already hold)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+        if self.flat:
+            os.close(os.open(flat_data_file(self._requests_str, session_id), flags, 0o666))
+            return
         folder = request_folder(self._requests_str, session_id)
         path = f"{folder}/{DATA_NAME}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
         try:
             fd = os.open(path, flags, 0o666)
         except FileNotFoundError:  # no record store made the folder (a blob store alone)
@@ -85,7 +101,11 @@ class DirectoryStore:
         os.close(fd)
 
     def delete_data(self, session_id: str) -> None:
-        shutil.rmtree(self._session_dir(session_id), ignore_errors=True)
+        if self.flat:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._data_str(session_id))
+        else:
+            shutil.rmtree(self._session_dir(session_id), ignore_errors=True)
         shutil.rmtree(self._replies / SessionId(session_id).wire, ignore_errors=True)
 
     def write(
@@ -170,5 +190,5 @@ class DirectoryStore:
 
     def discard_data(self, session_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            self.data_path(session_id).unlink()
+            os.unlink(self._data_str(session_id))
         shutil.rmtree(self._replies / SessionId(session_id).wire, ignore_errors=True)

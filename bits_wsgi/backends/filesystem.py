@@ -3,16 +3,34 @@
 Layout (IIS names where IIS has them)::
 
     BITS-Sessions/
-      Requests/{ID}/requestfile.bin   the upload's bytes, appended in order (DirectoryStore)
-      Requests/{ID}/session.json      the record, replaced atomically (FileRecords)
+      sessions.sqlite3 (-wal, -shm)   the records and their indexes (SqliteRecords, WAL mode)
+      Requests/{ID}.bin               the upload's bytes, appended in order (DirectoryStore)
       Replies/{ID}/responsefile.bin   the server application's reply (upload-reply mode)
-      Locks/{ID}.lock                 flock target, kept apart so it outlives the data
-      Owners/<sha256 of owner>/{ID}   empty markers: the per-identity session count
-      Tombstones/<ms>-{ID}            empty markers, named by the tombstone's time: the budget
+      sessions.lock                   one byte-range lock per session (RangeLocker)
 
-Locks are ``fcntl.flock`` on a file opened anew for each acquisition, so they exclude threads of
-one process as well as gunicorn's worker processes. Sessions survive restarts: there is no state
-in memory at all.
+A small upload creates one inode (its data, which its commit links into place) and commits
+three SQLite transactions, where the first layout below made a folder, a record file per save,
+a lock file, owner and tombstone markers: docs/benchmarks.md, "The cost of a small upload",
+measures both.
+
+Locks are open-file-description locks on one byte of ``sessions.lock`` per session, the file
+opened anew for each acquisition, so they exclude threads of one process as well as the
+server's worker processes, like the per-session ``flock`` of PROTOCOL.md §10.1 without a file
+to create and remove per session (docs/protocol.md, "Session locks"). Sessions survive
+restarts: there is no state in memory at all.
+
+The first layout kept each record in the session's folder and indexed owners and tombstones
+with empty marker files::
+
+      Requests/{ID}/requestfile.bin   the bytes
+      Requests/{ID}/session.json      the record, replaced atomically (FileRecords)
+      Locks/{ID}.lock                 flock target, kept apart so it outlives the data (FlockLocker)
+      Owners/<sha256 of owner>/{ID}   the per-identity session count
+      Tombstones/<ms>-{ID}            the tombstone budget, oldest first
+
+``FilesystemBackend`` adopts sessions it finds in that layout when it starts
+(:func:`adopt_folder_layout`), so an upgrade loses no upload in progress. ``FileRecords`` stays
+a record store of its own and ``FlockLocker`` a locker, tested by the same contracts.
 """
 
 from __future__ import annotations
@@ -21,6 +39,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import shutil
 import time
@@ -28,28 +47,39 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .._files import atomic_write, fsync_dir
+from ..errors import CorruptRecord
 from ..paths import state_dir
 from ..protocol import SessionId
 from ..session import SessionRecord, decode_record, encode_record
 from .base import Fence
 from .composed import ComposedBackend
-from .files import REQUESTS_FOLDER, DirectoryStore, request_folder
+from .files import DATA_NAME, REQUESTS_FOLDER, DirectoryStore, flat_data_file, request_folder
+from .range_lock import RangeLocker
+from .sqlite import SqliteRecords
 from .waiting import retry_until
 
 RECORD_NAME = "session.json"
+DATABASE_NAME = "sessions.sqlite3"
+LOCK_FILE_NAME = "sessions.lock"
+OWNERS_FOLDER = "Owners"
+TOMBSTONES_FOLDER = "Tombstones"
+LOCKS_FOLDER = "Locks"
 #: A crashed create leaves a staging folder; it is swept after this long.
 STAGING_MAX_AGE = 3600.0
 
+log = logging.getLogger("bits_wsgi.backends.filesystem")
+
 
 class FilesystemBackend(ComposedBackend):
-    """``FileRecords`` beside a ``DirectoryStore``'s data, with ``FlockLocker`` locks."""
+    """``SqliteRecords`` and a flat ``DirectoryStore`` under ROOT, with ``RangeLocker`` locks."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         state = state_dir(self.root)
-        self.directory = DirectoryStore(state)
-        records = FileRecords(state)
-        locker = FlockLocker(state / "Locks", records.exists)
+        self.directory = DirectoryStore(state, flat=True)
+        records = SqliteRecords(state / DATABASE_NAME)
+        adopt_folder_layout(state, records)
+        locker = RangeLocker(state / LOCK_FILE_NAME)
         super().__init__(records=records, blobs=self.directory, locker=locker)
 
     def data_path(self, session_id: str) -> Path:
@@ -57,14 +87,85 @@ class FilesystemBackend(ComposedBackend):
         return self.directory.data_path(session_id)
 
 
+def adopt_folder_layout(state: Path, records: SqliteRecords) -> int:
+    """Move the sessions of the first layout (``Requests/{ID}/``) into ``records`` and the flat
+    data files; returns how many it moved.
+
+    Safe to interrupt and to run from several processes at once: the processes queue on a lock
+    of the ``Owners`` folder, which goes last, so whoever finds it gone has nothing left to do;
+    records are adopted durably before any data file moves, a record already adopted is kept,
+    and a data file already moved is found in its new place. Old-layout servers must be stopped
+    first (an upgrade is a restart, not a rolling one).
+    """
+    owners = state / OWNERS_FOLDER
+    try:
+        guard = os.open(owners, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return 0
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if not owners.is_dir():
+            return 0  # another process finished while this one waited
+        requests = state / REQUESTS_FOLDER
+        folders = _old_session_folders(requests)
+        records.adopt(row for row in (_old_row(folder, key) for key, folder in folders) if row)
+        for key, folder in folders:
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(folder / DATA_NAME, flat_data_file(str(requests), key))
+        fsync_dir(requests)
+        for _, folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(state / TOMBSTONES_FOLDER, ignore_errors=True)
+        shutil.rmtree(state / LOCKS_FOLDER, ignore_errors=True)
+        shutil.rmtree(owners, ignore_errors=True)
+        fsync_dir(state)
+    finally:
+        os.close(guard)
+    if folders:
+        log.info("adopted %d sessions from the folder layout under %s", len(folders), state)
+    return len(folders)
+
+
+def _old_session_folders(requests: Path) -> list[tuple[str, Path]]:
+    """``(session key, folder)`` of each ``{ID}`` folder; crashed creates' staging folders are
+    removed (their sessions were never answered)."""
+    found: list[tuple[str, Path]] = []
+    with os.scandir(requests) as entries:
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            name = entry.name
+            if name.startswith(".staging-"):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            elif name.startswith("{") and name.endswith("}"):
+                found.append((name[1:-1], Path(entry.path)))
+    return found
+
+
+def _old_row(folder: Path, key: str) -> tuple[str, str, float | None, bytes] | None:
+    """A record of the first layout as ``SqliteRecords.adopt`` takes it; unreadable ones are
+    kept as they are (they stay corrupt: PROTOCOL.md §10.2 answers them as unknown)."""
+    try:
+        raw = (folder / RECORD_NAME).read_bytes()
+    except FileNotFoundError:
+        return None  # bytes without a record: no session to resume
+    try:
+        record = decode_record(key, raw)
+    except CorruptRecord:
+        return key, "", None, raw
+    tombstone = record.last_activity if record.state.is_tombstone else None
+    return key, record.owner, tombstone, raw
+
+
 class FileRecords:
-    """Records as ``Requests/{ID}/session.json``, with owner and tombstone markers."""
+    """Records of the first layout: ``Requests/{ID}/session.json``, with owner and tombstone
+    markers (see the module's docstring)."""
 
     def __init__(self, state: str | os.PathLike[str]) -> None:
         self.state = Path(state)
         self._requests = self.state / REQUESTS_FOLDER
-        self._owners = self.state / "Owners"
-        self._tombstones = self.state / "Tombstones"
+        self._owners = self.state / OWNERS_FOLDER
+        self._tombstones = self.state / TOMBSTONES_FOLDER
         for folder in (self._requests, self._owners, self._tombstones):
             folder.mkdir(parents=True, exist_ok=True)
         # Plain strings for the paths every packet touches: pathlib costs more than the syscalls.

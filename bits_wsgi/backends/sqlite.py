@@ -28,11 +28,14 @@ file store's non-durable saves do (their directory is not fsynced).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from ..errors import BackendUnavailable
 from ..session import SessionRecord, decode_record, encode_record
@@ -56,29 +59,32 @@ class SqliteRecords:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        db = self._db()
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(_SCHEMA)
+        with _translated():
+            db = self._db()
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
         """This thread's connection, made anew in a forked child (connections must not cross
         a fork)."""
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None or getattr(self._local, "pid", None) != os.getpid():
-            try:
-                db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
-            except sqlite3.Error as exc:
-                raise BackendUnavailable(f"sqlite: {exc}") from exc
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
             db.execute("PRAGMA synchronous=NORMAL")
             self._local.db, self._local.pid, self._local.durable = db, os.getpid(), False
         return db
 
     def _write(self, sql: str, parameters: tuple[object, ...], *, durable: bool) -> int:
-        db = self._db()
-        if durable != self._local.durable:
-            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            self._local.durable = durable
-        return db.execute(sql, parameters).rowcount
+        with _translated():
+            db = self._db()
+            if durable != self._local.durable:
+                db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self._local.durable = durable
+            return db.execute(sql, parameters).rowcount
+
+    def _read(self, sql: str, parameters: tuple[object, ...] = ()) -> list[Any]:
+        with _translated():
+            return self._db().execute(sql, parameters).fetchall()
 
     def create(self, record: SessionRecord) -> None:
         self._write(
@@ -87,11 +93,30 @@ class SqliteRecords:
             durable=False,
         )
 
+    def adopt(self, rows: Iterable[tuple[str, str, float | None, bytes]]) -> None:
+        """Take records stored elsewhere, as ``(id, owner, tombstone time or None, stored
+        form)``, durably and in one transaction; an id already here keeps its row, so an
+        interrupted adoption can simply run again."""
+        with _translated():
+            db = self._db()
+            if not self._local.durable:
+                db.execute("PRAGMA synchronous=FULL")
+                self._local.durable = True
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT OR IGNORE INTO sessions (id, owner, tombstone, record)"
+                    " VALUES (?, ?, ?, ?)",
+                    rows,
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
     def load(self, session_id: str) -> SessionRecord | None:
-        row = (
-            self._db().execute("SELECT record FROM sessions WHERE id = ?", (session_id,)).fetchone()
-        )
-        return None if row is None else decode_record(session_id, row[0])
+        rows = self._read("SELECT record FROM sessions WHERE id = ?", (session_id,))
+        return decode_record(session_id, rows[0][0]) if rows else None
 
     def save(self, record: SessionRecord, *, durable: bool = False) -> None:
         tombstone = record.last_activity if record.state.is_tombstone else None
@@ -105,36 +130,42 @@ class SqliteRecords:
         self._write("DELETE FROM sessions WHERE id = ?", (session_id,), durable=False)
 
     def exists(self, session_id: str) -> bool:
-        found = self._db().execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,))
-        return found.fetchone() is not None
+        return bool(self._read("SELECT 1 FROM sessions WHERE id = ?", (session_id,)))
 
     def active_sessions(self, owner: str) -> list[str]:
-        rows = self._db().execute(
+        rows = self._read(
             "SELECT id FROM sessions WHERE owner = ? AND tombstone IS NULL ORDER BY id", (owner,)
         )
         return [row[0] for row in rows]
 
     def active_count(self) -> int:
-        (count,) = (
-            self._db().execute("SELECT count(*) FROM sessions WHERE tombstone IS NULL").fetchone()
-        )
-        return int(count)
+        return int(self._read("SELECT count(*) FROM sessions WHERE tombstone IS NULL")[0][0])
 
     def session_ids(self) -> Iterator[str]:
-        rows = self._db().execute("SELECT id FROM sessions").fetchall()
-        yield from (row[0] for row in rows)
+        yield from (row[0] for row in self._read("SELECT id FROM sessions"))
 
     def tombstone_count(self) -> int:
-        (count,) = (
-            self._db()
-            .execute("SELECT count(*) FROM sessions WHERE tombstone IS NOT NULL")
-            .fetchone()
-        )
-        return int(count)
+        return int(self._read("SELECT count(*) FROM sessions WHERE tombstone IS NOT NULL")[0][0])
 
     def oldest_tombstones(self, limit: int) -> list[str]:
-        rows = self._db().execute(
+        rows = self._read(
             "SELECT id FROM sessions WHERE tombstone IS NOT NULL ORDER BY tombstone, id LIMIT ?",
             (max(0, limit),),
         )
         return [row[0] for row in rows]
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """SQLite's failures as the server answers them: a full disk is ENOSPC (500, disk full),
+    an I/O error is EIO, and anything else (a lock held past the busy timeout, a database that
+    cannot be opened) makes the store unavailable (503), never an internal error."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
+            raise OSError(errno.ENOSPC, f"sqlite: {exc}") from exc
+        if code is not None and code & 0xFF == sqlite3.SQLITE_IOERR:
+            raise OSError(errno.EIO, f"sqlite: {exc}") from exc
+        raise BackendUnavailable(f"sqlite: {exc}") from exc

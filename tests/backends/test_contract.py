@@ -14,6 +14,7 @@ from bits_wsgi.backends.base import BlobStore, Locker, RecordStore
 from bits_wsgi.backends.files import DirectoryStore
 from bits_wsgi.backends.filesystem import FileRecords, FlockLocker
 from bits_wsgi.backends.memory import MemoryBlobs, MemoryRecords, ThreadLocker
+from bits_wsgi.backends.range_lock import RangeLocker
 from bits_wsgi.backends.sqlite import SqliteRecords
 from bits_wsgi.testing import (
     BackendContract,
@@ -60,8 +61,17 @@ class TestRedisRecords(RecordStoreContract):
 
 
 class TestDirectoryStore(BlobStoreContract):
+    """The folder layout (a folder per session), as the Redis backend's shared directory."""
+
     def make_blobs(self, root: Path) -> BlobStore:
         return DirectoryStore(root.parent / "state")
+
+
+class TestFlatDirectoryStore(BlobStoreContract):
+    """The flat layout (a file per session), as the filesystem backend keeps it."""
+
+    def make_blobs(self, root: Path) -> BlobStore:
+        return DirectoryStore(root.parent / "state", flat=True)
 
 
 class TestMemoryBlobs(BlobStoreContract):
@@ -106,6 +116,11 @@ class TestFlockLocker(LockerContract):
         return FlockLocker(root / "Locks", known)
 
 
+class TestRangeLocker(LockerContract):
+    def make_locker(self, root: Path, known: Callable[[str], bool]) -> Locker:
+        return RangeLocker(root / "sessions.lock")
+
+
 class TestThreadLocker(LockerContract):
     def make_locker(self, root: Path, known: Callable[[str], bool]) -> Locker:
         return ThreadLocker(known)
@@ -133,12 +148,13 @@ class TestFilesystemBackend(BackendContract):
         return FilesystemBackend(root)
 
 
-class TestSqliteFilesBackend(BackendContract):
-    """Records in SQLite beside the filesystem backend's data and locks."""
+class TestFirstLayoutBackend(BackendContract):
+    """The filesystem backend's first layout: record files, a folder and a lock file per
+    session (still read at start-up, see test_layout_upgrade.py)."""
 
     def make_backend(self, root: Path) -> Backend:
         state = root / "BITS-Sessions"
-        records = SqliteRecords(state / "sessions.sqlite3")
+        records = FileRecords(state)
         return ComposedBackend(
             records=records,
             blobs=DirectoryStore(state),

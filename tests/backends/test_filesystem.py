@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import multiprocessing
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -11,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from bits_wsgi.backends import FilesystemBackend
+from bits_wsgi.backends.filesystem import FileRecords
 from bits_wsgi.errors import CorruptRecord, LockTimeout
+from bits_wsgi.session import encode_record
 from bits_wsgi.testing import SESSION_A, new_record
 
 
@@ -30,8 +35,22 @@ def test_sessions_survive_a_new_backend_on_the_same_root(tmp_path: Path) -> None
 def test_state_lives_under_bits_sessions(tmp_path: Path) -> None:
     backend = FilesystemBackend(tmp_path)
     backend.create(new_record())
-    session_dir = tmp_path / "BITS-Sessions" / "Requests" / f"{{{SESSION_A}}}"
-    assert sorted(p.name for p in session_dir.iterdir()) == ["requestfile.bin", "session.json"]
+    backend.write(SESSION_A, 0, [b"abc"])
+    state = tmp_path / "BITS-Sessions"
+    assert (state / "Requests" / f"{{{SESSION_A}}}.bin").read_bytes() == b"abc"
+    assert [p.name for p in (state / "Requests").iterdir()] == [f"{{{SESSION_A}}}.bin"]
+    with sqlite3.connect(state / "sessions.sqlite3") as db:
+        (stored,) = db.execute("SELECT record FROM sessions WHERE id = ?", (SESSION_A,))
+    assert json.loads(stored[0])["id"] == SESSION_A
+
+
+def _store_raw(root: Path, session_id: str, raw: bytes, *, new_id: str | None = None) -> None:
+    with contextlib.closing(sqlite3.connect(root / "BITS-Sessions" / "sessions.sqlite3")) as db:
+        db.execute(
+            "UPDATE sessions SET record = ?, id = ? WHERE id = ?",
+            (raw, new_id or session_id, session_id),
+        )
+        db.commit()
 
 
 @pytest.mark.parametrize(
@@ -40,9 +59,7 @@ def test_state_lives_under_bits_sessions(tmp_path: Path) -> None:
 def test_corrupt_records_raise_corrupt_record(tmp_path: Path, content: bytes) -> None:
     backend = FilesystemBackend(tmp_path)
     backend.create(new_record())
-    (tmp_path / "BITS-Sessions" / "Requests" / f"{{{SESSION_A}}}" / "session.json").write_bytes(
-        content
-    )
+    _store_raw(tmp_path, SESSION_A, content)
     with pytest.raises(CorruptRecord):
         backend.load(SESSION_A)
 
@@ -51,10 +68,7 @@ def test_record_naming_another_session_is_corrupt(tmp_path: Path) -> None:
     backend = FilesystemBackend(tmp_path)
     backend.create(new_record())
     other = "C85B4E0A-9EB9-4114-BFA4-8A43B4710091"
-    os.rename(
-        tmp_path / "BITS-Sessions" / "Requests" / f"{{{SESSION_A}}}",
-        tmp_path / "BITS-Sessions" / "Requests" / f"{{{other}}}",
-    )
+    _store_raw(tmp_path, SESSION_A, encode_record(new_record()), new_id=other)
     with pytest.raises(CorruptRecord):
         backend.load(other)
 
@@ -128,7 +142,7 @@ def test_waiter_does_not_keep_a_lock_on_a_deleted_lock_file(tmp_path: Path) -> N
 
 
 def test_stale_staging_folders_are_swept(tmp_path: Path) -> None:
-    backend = FilesystemBackend(tmp_path)
+    backend = FileRecords(tmp_path / "BITS-Sessions")  # the first layout's records
     staging = tmp_path / "BITS-Sessions" / "Requests" / ".staging-deadbeef"
     staging.mkdir()
     fresh = tmp_path / "BITS-Sessions" / "Requests" / ".staging-fresh"

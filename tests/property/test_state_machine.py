@@ -23,6 +23,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 from bits_wsgi import BITSMiddleware
 
 from ..conftest import BitsClient, call, fallback_app, raw_environ
+from ..support.sessions import data_file as stored_data
 from .offset_model import expected
 
 
@@ -171,8 +172,7 @@ class UploadMachine(RuleBasedStateMachine):
         for upload in self._uploads():
             if upload.state != "active" or upload.committed:
                 continue
-            key = upload.session_id.strip("{}")
-            data_file = self.root / "BITS-Sessions" / "Requests" / f"{{{key}}}" / "requestfile.bin"
+            data_file = stored_data(self.root, upload.session_id)
             assert data_file.stat().st_size >= upload.received
             assert data_file.read_bytes()[: upload.received] == upload.data[: upload.received]
 
