@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from werkzeug.datastructures import Headers
 
 from bits_wsgi import UploadDirectory, UploadServer
@@ -184,3 +186,49 @@ def test_a_fork_waits_for_the_sweep_in_progress(tmp_path: Path) -> None:
     finally:
         release.set()
         server.close()
+
+
+class SaveLog(FilesystemBackend):
+    """The filesystem backend, noting each save's state and whether it had to reach the disk."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.saves: list[tuple[str, bool]] = []
+
+    def save(self, record: Any, *, durable: bool = False) -> None:
+        self.saves.append((record.state.value, durable))
+        super().save(record, durable=durable)
+
+
+def _send(server: UploadServer, key: str, kind: str, body: bytes = b"", **extra: str) -> int:
+    headers = {"BITS-Packet-Type": kind, "BITS-Session-Id": key, **extra}
+    headers["Content-Length"] = str(len(body))
+    reader = BodyReader(io.BytesIO(body).read, len(body))
+    return server.handle(parse(Headers(headers)), REQUEST, reader).status
+
+
+@pytest.mark.parametrize(
+    ("commit_on", "closing", "durable"),
+    [
+        ("final-fragment", "Close-Session", False),  # committed and recorded before the Close
+        ("close", "Close-Session", True),  # this Close commits: on record before data goes
+        ("final-fragment", "Cancel-Session", False),
+    ],
+)
+def test_a_tombstone_reaches_the_disk_when_its_packet_committed(
+    tmp_path: Path, commit_on: str, closing: str, durable: bool
+) -> None:
+    backend = SaveLog(tmp_path)
+    server = UploadServer(
+        UploadDirectory(upload_dir=tmp_path, commit_on=commit_on),  # type: ignore[arg-type]
+        backend,
+        sweep_interval=None,
+    )
+    key = create(server)
+    if closing == "Close-Session":
+        assert _send(server, key, "Fragment", b"abc", **{"Content-Range": "bytes 0-2/3"}) == 200
+    assert _send(server, key, closing) == 200
+    state, was_durable = backend.saves[-1]
+    assert state in ("closed", "cancelled") and was_durable is durable
+    if closing == "Close-Session":
+        assert (tmp_path / "f.bin").read_bytes() == b"abc"

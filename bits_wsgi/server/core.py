@@ -404,19 +404,24 @@ class UploadServer:
         record.committed = True
 
     def _close(self, record: SessionRecord) -> Ack:
-        if record.state is SessionState.WAIT_FOR_CLOSE and self._copy_due(record):
+        committing = record.state is SessionState.WAIT_FOR_CLOSE and self._copy_due(record)
+        if committing:
             # commit_on="close" (a 403 here keeps the session as it is)
             self._commit(record)
-        return self._tombstone(record, Trigger.CLOSE)
+        return self._tombstone(record, Trigger.CLOSE, durable=committing)
 
     def _cancel(self, record: SessionRecord) -> Ack:
-        return self._tombstone(record, Trigger.CANCEL)
+        return self._tombstone(record, Trigger.CANCEL, durable=False)
 
-    def _tombstone(self, record: SessionRecord, trigger: Trigger) -> Ack:
+    def _tombstone(self, record: SessionRecord, trigger: Trigger, *, durable: bool) -> Ack:
         # The record is written first: a crash in between leaves a tombstone whose data a
-        # sweep can remove, never a live session with its data gone.
+        # sweep can remove, never a live session with its data gone. It is fsynced only when
+        # this packet committed: that must be on record before the data goes (§10.2, exactly
+        # once). Any other tombstone lost to a power cut (never to a crash: the save outlives
+        # the process) brings back the session as it was, committed or abandoned by its client,
+        # and a repeated Close or the sweep ends it again, so it needs no fsync of its own.
         tombstone = record.tombstone(trigger, self._clock())
-        self.backend.save(tombstone, durable=True)
+        self.backend.save(tombstone, durable=durable or self.directory.fsync == "always")
         self.upkeep.ended(record)
         self.backend.discard_data(record.id)
         self.digests.forget(record.id)
