@@ -6,6 +6,10 @@
   the ceiling for any BITS middleware under gunicorn.
 - ``baseline_fsync``: the same, and an fsync of the file with its last byte: the ceiling for a
   durable one.
+- ``baseline_commit``: what PROTOCOL.md §10.2 asks of a conforming server and no more: the
+  bytes go to a file of their own, which, with the last byte, is fsynced, linked to the
+  destination, and the destination's folder fsynced (a destination never exists half-written).
+  Still no sessions and no checks: the ceiling for a conforming server.
 
 The upload root comes from ``$BENCH_ROOT``.
 """
@@ -51,8 +55,16 @@ def baseline_fsync(environ: dict[str, Any], start_response: Callable[..., Any]) 
     return _baseline(environ, start_response, final_fsync=True)
 
 
+def baseline_commit(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    return _baseline(environ, start_response, final_fsync=True, commit=True)
+
+
 def _baseline(
-    environ: dict[str, Any], start_response: Callable[..., Any], *, final_fsync: bool
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
+    *,
+    final_fsync: bool,
+    commit: bool = False,
 ) -> Iterable[bytes]:
     kind = environ.get("HTTP_BITS_PACKET_TYPE", "")
     headers = [("BITS-Packet-Type", "Ack"), ("Content-Length", "0")]
@@ -62,8 +74,9 @@ def _baseline(
         spec = environ["HTTP_CONTENT_RANGE"].split()[1]
         first = int(spec.split("-", 1)[0])
         remaining = int(environ["CONTENT_LENGTH"])
-        path = ROOT / environ["PATH_INFO"].lstrip("/")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        destination = ROOT / environ["PATH_INFO"].lstrip("/")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        path = _staging(destination) if commit else destination
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
             read = environ["wsgi.input"].read
@@ -77,8 +90,26 @@ def _baseline(
                 remaining -= len(data)
             if final_fsync and offset == int(spec.rsplit("/", 1)[1]):
                 os.fsync(fd)
+                if commit:
+                    _publish(path, destination)
         finally:
             os.close(fd)
         headers.append(("BITS-Received-Content-Range", str(offset)))
     start_response("200 OK", headers)
     return []
+
+
+def _staging(destination: Path) -> Path:
+    staging = ROOT / ".staging"
+    staging.mkdir(exist_ok=True)
+    return staging / destination.relative_to(ROOT).as_posix().replace("/", "_")
+
+
+def _publish(staged: Path, destination: Path) -> None:
+    os.link(staged, destination)
+    folder = os.open(destination.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+    os.unlink(staged)

@@ -112,8 +112,21 @@ def servers(base: Path) -> dict[str, Server]:
         "baseline-fsync": server(
             "baseline-fsync", [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:baseline_fsync"]
         ),
+        "baseline-commit": server(
+            "baseline-commit",
+            [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:baseline_commit"],
+        ),
         # `bits-wsgi serve` as shipped, and on each engine it offers.
         "serve": server("serve", serve),
+        # The durable baselines on serve's engine: serve's ceilings.
+        "serve-baseline-fsync": server(
+            "serve-baseline-fsync",
+            [str(BIN / "python"), "-m", "benchmarks.engine_baseline", "{port}", "fsync"],
+        ),
+        "serve-baseline-commit": server(
+            "serve-baseline-commit",
+            [str(BIN / "python"), "-m", "benchmarks.engine_baseline", "{port}", "commit"],
+        ),
         "serve-waitress": server("serve-waitress", [*serve, "--server", "waitress"]),
         "serve-gunicorn": server("serve-gunicorn", [*serve, "--server", "gunicorn"]),
         "serve-granian": server("serve-granian", [*serve, "--server", "granian"]),

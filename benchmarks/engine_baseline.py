@@ -1,0 +1,32 @@
+"""The durable baseline on the engine ``bits-wsgi serve`` runs: the ceiling of ``serve``.
+
+    BENCH_ROOT=/tmp/root .venv/bin/python -m benchmarks.engine_baseline PORT fsync|commit
+
+``benchmarks.apps:baseline_fsync`` (read the body, write it at its offset, fsync the file with
+its last byte, answer a fixed Ack) or ``baseline_commit`` (the same, written to a file of its
+own that is then linked into place as §10.2 asks), served exactly as ``serve`` serves the
+project: the same
+worker processes, threads, read deadlines and body spooling (``bits_wsgi/cli/_waitress.py``).
+What ``serve`` loses against the peer design beyond this is the project's own work; what this
+loses against the peer is the engine's and the fsync's.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from bits_wsgi.cli._waitress import serve
+
+from .apps import baseline_commit, baseline_fsync
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    serve(
+        baseline_commit if sys.argv[2:] == ["commit"] else baseline_fsync,
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        workers=2,
+        threads=8,
+        largest_body=16 * 1024 * 1024,
+    )
