@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/memory_flat.py [--sizes-mib 64 256 1024] [--fragment-mib 13]
 
-Starts `bits-wsgi serve` (one worker of its default engine) on a free loopback port in a temporary directory,
-uploads each size in 13 MiB fragments with a raw http.client BITS client, checks the sha256 of
-every committed file, and prints the worker's peak RSS (VmHWM) after each upload.
+Starts `bits-wsgi serve` (one worker of its default engine) on a free loopback port in a
+temporary directory, uploads each size in 13 MiB fragments with a raw http.client BITS client,
+checks the sha256 of every committed file, and prints the worker's peak RSS (VmHWM) after each
+upload.
 """
 
 from __future__ import annotations
