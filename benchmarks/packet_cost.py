@@ -6,7 +6,10 @@
 
 Each upload is Create-Session, one 4 KiB Fragment (final: fsync, commit) and Close-Session,
 handed to ``UploadServer.handle`` as the middleware would; ``--size`` and ``--fragment`` make it
-a larger upload in several fragments. The stores alternate round by round
+a larger upload in several fragments. ``--store wsgi`` and ``--store wsgi-baseline-commit`` send
+the same packets as WSGI requests, in-process, to ``BITSMiddleware`` and to the conforming
+baseline of ``benchmarks/apps.py``: on a tmpfs (``--dir /dev/shm``) the disk drops out and what
+is left is each side's own code. The stores alternate round by round
 (A B A B ...); the median microseconds per upload of each are printed. Run it under strace to
 count system calls per upload (divide by ``--uploads``; the start-up's own calls are small).
 """
@@ -19,17 +22,22 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from werkzeug.datastructures import Headers
 
-from bits_wsgi import UploadDirectory, UploadServer
+from bits_wsgi import BITSMiddleware, UploadDirectory, UploadServer
 from bits_wsgi.backends import Backend, ComposedBackend, FilesystemBackend
 from bits_wsgi.backends.files import DirectoryStore
 from bits_wsgi.backends.filesystem import FileRecords, FlockLocker
+from bits_wsgi.cli import not_found
 from bits_wsgi.paths import state_dir
 from bits_wsgi.protocol import PROTOCOL_GUID, Ack, parse
 from bits_wsgi.server import RequestInfo
 from bits_wsgi.wsgi.body import BodyReader
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
 DATA = b"x" * 4096
 
@@ -51,6 +59,7 @@ def folders(root: Path) -> Backend:
 
 
 STORES = {"files": files, "folders": folders}
+WSGI = ("wsgi", "wsgi-baseline-commit")
 
 
 def handle(server: UploadServer, headers: dict[str, str], path: str, body: bytes = b"") -> Ack:
@@ -85,11 +94,68 @@ def uploads(
     return elapsed, (time.process_time() - cpu) / count * 1e6
 
 
+def wsgi_app(name: str, root: Path) -> WSGIApplication:
+    if name == "wsgi":
+        return BITSMiddleware(not_found, root, session_limit=None)
+    from . import apps
+
+    apps.ROOT = root  # the baselines write below apps.ROOT
+    return apps.baseline_commit
+
+
+def wsgi_uploads(
+    app: WSGIApplication, count: int, prefix: str, size: int, fragment: int
+) -> tuple[float, float]:
+    """As :func:`uploads`, through a WSGI application called in-process."""
+    block = DATA * (fragment // len(DATA)) + DATA[: fragment % len(DATA)]
+    answer: dict[str, str] = {}
+
+    def start_response(
+        status: str, headers: list[tuple[str, str]], exc_info: object = None
+    ) -> None:
+        answer.clear()
+        answer.update(headers, status=status)
+
+    def post(path: str, body: bytes = b"", **headers: str) -> None:
+        environ = {
+            "REQUEST_METHOD": "BITS_POST",
+            "PATH_INFO": path,
+            "SCRIPT_NAME": "",
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(body),
+            "CONTENT_LENGTH": str(len(body)),
+            "HTTP_HOST": "127.0.0.1",
+            **{f"HTTP_{name.upper()}": value for name, value in headers.items()},
+        }
+        for _ in app(environ, start_response):  # type: ignore[arg-type]
+            pass
+        assert answer["status"].startswith("200"), answer
+
+    began, cpu = time.perf_counter(), time.process_time()
+    for n in range(count):
+        path = f"/{prefix}/{n}.bin"
+        post(path, BITS_PACKET_TYPE="Create-Session", BITS_SUPPORTED_PROTOCOLS=PROTOCOL_GUID)
+        session = answer["BITS-Session-Id"]
+        for first in range(0, size, fragment):
+            body = block[: min(fragment, size - first)]
+            span = f"bytes {first}-{first + len(body) - 1}/{size}"
+            post(
+                path, body, BITS_PACKET_TYPE="Fragment", BITS_SESSION_ID=session, CONTENT_RANGE=span
+            )
+        post(path, BITS_PACKET_TYPE="Close-Session", BITS_SESSION_ID=session)
+    elapsed = (time.perf_counter() - began) / count * 1e6
+    return elapsed, (time.process_time() - cpu) / count * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.packet_cost")
     parser.add_argument("--uploads", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--store", action="append", choices=sorted(STORES))
+    parser.add_argument("--store", action="append", choices=[*sorted(STORES), *WSGI])
     parser.add_argument("--size", type=int, default=len(DATA), help="bytes per upload")
     parser.add_argument("--fragment", type=int, default=len(DATA), help="bytes per fragment")
     parser.add_argument(
@@ -103,6 +169,13 @@ def main() -> None:
             for name in stores:
                 root = Path(scratch) / f"{name}-{round_}"
                 root.mkdir()
+                if name in WSGI:
+                    app = wsgi_app(name, root)
+                    wsgi_uploads(app, 20, "warm", args.size, args.fragment)
+                    results[name].append(
+                        wsgi_uploads(app, args.uploads, "up", args.size, args.fragment)
+                    )
+                    continue
                 server = UploadServer(
                     UploadDirectory(upload_dir=root, session_limit=None),
                     STORES[name](root),
