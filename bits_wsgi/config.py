@@ -105,6 +105,8 @@ class UploadDirectory:
 
     def _validate(self) -> None:
         problems = []
+        if self.upload_dir.exists() and not self.upload_dir.is_dir():
+            problems.append(f"upload_dir {self.upload_dir} is not a directory")
         if self.max_fragment_size < MIN_FRAGMENT_SIZE:
             problems.append(f"max_fragment_size must be at least {MIN_FRAGMENT_SIZE}")
         if self.max_upload_size is not None and self.max_upload_size < 0:

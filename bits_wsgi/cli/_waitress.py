@@ -124,7 +124,6 @@ def serve(
         asyncore_use_poll=True,
         ident="bits-wsgi",
     )
-    log.info("bits-wsgi serve on http://%s:%d/ (waitress, %d workers)", host, port, workers)
     _Master(application, listener, adjustments, workers).run()
 
 

@@ -7,6 +7,7 @@ rebuild the application in their workers, never the other way round.
 from __future__ import annotations
 
 import argparse
+import html
 import importlib
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, cast
@@ -29,6 +30,40 @@ def not_found(environ: WSGIEnvironment, start_response: StartResponse) -> Iterab
         [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
     )
     return [body]
+
+
+def front_page(prefix: str) -> WSGIApplication:
+    """What a browser at ``/`` of a bare ``serve`` learns: what this server is and how to use
+    it; every other path is :func:`not_found`."""
+    page = _FRONT_PAGE.format(prefix=html.escape(prefix)).encode("utf-8")
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/" or environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return not_found(environ, start_response)
+        start_response(
+            "200 OK",
+            [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(page)))],
+        )
+        return [] if environ["REQUEST_METHOD"] == "HEAD" else [page]
+
+    return app
+
+
+_FRONT_PAGE = r"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>bits-wsgi: BITS upload server</title></head>
+<body>
+<h1>bits-wsgi: a BITS upload server</h1>
+<p>This server receives files from the Background Intelligent Transfer Service of Windows
+(<code>BITS_POST</code> requests) under <code>{prefix}</code>. It does not serve the files it
+receives.</p>
+<p>From Windows PowerShell, with this page's address in place of <code>SERVER</code>:</p>
+<pre>Start-BitsTransfer -TransferType Upload -Source C:\path\to\file.dmp `
+    -Destination http://SERVER{prefix}file.dmp</pre>
+<p>From Linux: <code>bits-wsgi upload FILE http://SERVER{prefix}FILE</code>.
+The documentation comes with bits-wsgi (its <code>docs/</code> folder, starting with
+<code>quickstart.md</code>); <code>bits-wsgi serve --help</code> lists every option.</p>
+</body></html>
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--app",
         default=None,
         metavar="MODULE:NAME",
-        help="a WSGI application to serve behind the uploads (default: 404 for everything else)",
+        help="a WSGI application to serve behind the uploads (default: a page at / saying what "
+        "this server is, 404 for everything else)",
     )
     serve.add_argument(
         "--user",
@@ -114,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_app(args: argparse.Namespace) -> WSGIApplication:
     directory = directory_from(args, args.root)
-    inner = import_app(args.app) if args.app else not_found
+    inner = import_app(args.app) if args.app else front_page(directory.prefix)
     metrics = None
     if args.metrics_path:
         try:

@@ -116,13 +116,19 @@ def build_backend(args: argparse.Namespace) -> Backend | None:
         raise ValueError(f"--backend takes a redis:// URL, got {args.backend!r}")
     if args.data_dir is None:
         raise ValueError("--backend needs --data-dir, the directory shared by the hosts")
-    from ..backends.redis import RedisBackend
+    try:
+        from ..backends.redis import RedisBackend
 
-    if args.data_dir.startswith("s3://"):
-        from ..backends.s3 import S3Store
+        if args.data_dir.startswith("s3://"):
+            from ..backends.s3 import S3Store
 
-        bucket, _, prefix = args.data_dir.removeprefix("s3://").partition("/")
-        if not bucket:
-            raise ValueError(f"--data-dir {args.data_dir!r} names no bucket")
-        return RedisBackend(S3Store(bucket, prefix=prefix), url=args.backend)
-    return RedisBackend(Path(args.data_dir), url=args.backend)
+            bucket, _, prefix = args.data_dir.removeprefix("s3://").partition("/")
+            if not bucket:
+                raise ValueError(f"--data-dir {args.data_dir!r} names no bucket")
+            return RedisBackend(S3Store(bucket, prefix=prefix), url=args.backend)
+        return RedisBackend(Path(args.data_dir), url=args.backend)
+    except ImportError as exc:
+        extra = "s3" if exc.name == "boto3" or "boto3" in str(exc) else "redis"
+        raise ValueError(
+            f"--backend {args.backend} needs the {extra} client: pip install 'bits-wsgi[{extra}]'"
+        ) from exc

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import errno
+import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -14,11 +17,15 @@ from collections.abc import Sequence
 from .app import build_app
 from .options import directory_from
 
+log = logging.getLogger("bits_wsgi.serve")
+
 
 def serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.metrics_path and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         _share_metrics_between_workers()
     app = build_app(args)  # configuration errors surface here, before any server starts
+    _check_address(args.host, args.port)
+    log.info(banner(args))
     if args.server == "granian":
         try:
             from ._granian import serve as serve_granian
@@ -56,6 +63,41 @@ def serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     serve(app, bind=f"{host}:{args.port}", workers=args.workers, threads=args.threads)
     return 0
+
+
+def banner(args: argparse.Namespace) -> str:
+    """The start-up line: where uploads go, who may send them, and what runs."""
+    directory = directory_from(args, args.root)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    users = len(args.user)
+    if users:
+        who = f"Basic authentication ({users} user{'' if users == 1 else 's'})"
+    else:
+        who = "no authentication: anyone who reaches this port may upload"
+    backend = "files" if args.backend is None else f"redis {args.backend}, data in {args.data_dir}"
+    return (
+        f"bits-wsgi serve: http://{host}:{args.port}{directory.prefix} -> "
+        f"{os.path.realpath(directory.upload_dir)} (prefix {directory.prefix}); {who}; "
+        f"backend: {backend}; {args.server}, {args.workers} workers x {args.threads} threads"
+    )
+
+
+def _check_address(host: str, port: int) -> None:
+    """Refuse in words an address the server could not listen on, before any engine starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise ValueError(f"{where} is in use: another server listens there (--port)") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ValueError(f"{host} is not an address of this machine (--host)") from None
+        if exc.errno == errno.EACCES:
+            raise ValueError(f"listening on {where} needs privileges this user lacks") from None
+        raise ValueError(f"cannot listen on {where}: {exc.strerror}") from None
 
 
 def _share_metrics_between_workers() -> None:
