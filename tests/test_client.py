@@ -108,8 +108,9 @@ def test_gives_up_after_the_retries(
     recorder.busy = 100
     port = serve(recorder)
     client = UploadClient(f"http://127.0.0.1:{port}/f.bin", retries=2, sleep=no_sleep)
-    with pytest.raises(UploadError, match="after retries"):
+    with pytest.raises(UploadError, match="after 2 retries: 503 .*the server is busy") as failed:
         client.upload(source)
+    assert failed.value.resumable
 
 
 def test_resumes_across_runs_with_a_state_file(
@@ -261,5 +262,7 @@ def test_progress_lines() -> None:
     bar = ProgressPrinter(tty, width=10)
     bar(Progress(sent=50, total=100, rate=10.0))
     bar(Progress(sent=100, total=100, rate=10.0))
-    assert tty.getvalue().startswith("\r[#####-----]") and "\r[##########]" in tty.getvalue()
+    # each redraw returns to the line's start and clears it to its end
+    assert tty.getvalue().startswith("\r\x1b[K[#####-----]")
+    assert "\r\x1b[K[##########]" in tty.getvalue()
     assert tty.getvalue().endswith("\n")

@@ -36,5 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bits-wsgi: {exc}", file=sys.stderr)
         return 2
     except UploadError as exc:
-        print(f"bits-wsgi: upload failed: {exc}", file=sys.stderr)
+        hint = " (the same command resumes it)" if exc.resumable else ""
+        print(f"bits-wsgi: upload failed: {exc}{hint}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if args.command == "upload":
+            print("bits-wsgi: interrupted; the same command resumes the upload", file=sys.stderr)
+        else:
+            print("bits-wsgi: interrupted", file=sys.stderr)
+        return 130

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import html
 import importlib
+import importlib.metadata
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, cast
 
@@ -66,10 +67,18 @@ The documentation comes with bits-wsgi (its <code>docs/</code> folder, starting 
 """
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("bits-wsgi")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bits-wsgi", description="A Microsoft BITS upload server for WSGI."
     )
+    parser.add_argument("--version", action="version", version=f"bits-wsgi {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve ROOT as a BITS upload directory")
@@ -127,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--fragment-size", type=int, default=DEFAULT_FRAGMENT, metavar="BYTES")
     upload.add_argument("--retries", type=int, default=8, help="per packet, with backoff")
     upload.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
-    upload.add_argument("--quiet", action="store_true", help="no progress output")
+    upload.add_argument(
+        "--quiet", action="store_true", help="no progress, retry or resume lines; errors only"
+    )
 
     sessions = commands.add_parser("sessions", help="list the sessions under ROOT")
     sessions.add_argument("root")

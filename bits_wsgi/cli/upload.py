@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import sys
+import time
 from pathlib import Path
 
 from ..client import ProgressPrinter, UploadClient
@@ -20,8 +22,13 @@ def upload(args: argparse.Namespace) -> int:
     source = Path(args.file)
     if not source.is_file():
         raise ValueError(f"{source} is not a file")
-    state_file = Path(args.state_file) if args.state_file else default_state_file(source, args.url)
+    if args.state_file:
+        state_file = Path(args.state_file)
+    else:
+        state_file = default_state_file(source, args.url)
+        forget_abandoned(state_file.parent)
     state_file.parent.mkdir(parents=True, exist_ok=True)
+    printer = ProgressPrinter(sys.stderr)
     client = UploadClient(
         args.url,
         user=user,
@@ -30,15 +37,37 @@ def upload(args: argparse.Namespace) -> int:
         retries=args.retries,
         timeout=args.timeout,
         state_file=state_file,
-        progress=None if args.quiet else ProgressPrinter(sys.stderr),
+        progress=None if args.quiet else printer,
+        notice=None if args.quiet else printer.notice,
     )
-    result = client.upload(source, reply_to=args.reply_to)
+    try:
+        result = client.upload(source, reply_to=args.reply_to)
+    except KeyboardInterrupt:
+        printer.interrupted()
+        raise
     print(f"uploaded {result.size} bytes to {args.url} (session {result.session_id})")
     if result.reply_path is not None:
         print(f"reply saved to {result.reply_path}")
     elif result.reply_url:
         print(f"reply available at {result.reply_url} (not downloaded: no --reply-to)")
     return 0
+
+
+#: State files in the default folder untouched this long belong to uploads given up on.
+ABANDONED_AFTER = 30 * 86_400
+
+
+def forget_abandoned(folder: Path, now: float | None = None) -> None:
+    """Remove the default folder's state files of uploads nobody resumed for 30 days."""
+    now = time.time() if now is None else now
+    try:
+        entries = list(folder.glob("*.json"))
+    except OSError:
+        return
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            if now - entry.stat().st_mtime > ABANDONED_AFTER:
+                entry.unlink()
 
 
 def default_state_file(source: Path, url: str) -> Path:

@@ -7,7 +7,15 @@ import ssl
 
 
 class UploadError(Exception):
-    """The upload cannot go on: a fatal Ack, or retries exhausted."""
+    """The upload cannot go on: a fatal Ack, or retries exhausted.
+
+    ``resumable``: whether running the same upload again may continue this session (the
+    network or the server was down for longer than the retries); a refused packet is not, and
+    the client forgets the session."""
+
+    def __init__(self, message: str, *, resumable: bool = False) -> None:
+        super().__init__(message)
+        self.resumable = resumable
 
 
 class Transient(Exception):

@@ -25,8 +25,13 @@ def describe(progress: Progress) -> str:
     )
 
 
+#: Back to the start of the line, and clear it to its end (VT100, every terminal since).
+_REDRAW = "\r\x1b[K"
+
+
 class ProgressPrinter:
-    """Callable progress sink: redraws one line on a TTY, prints every 10 % (or 10 s) otherwise."""
+    """Callable progress sink: redraws one line on a TTY, prints every 10 % (or 10 s) otherwise;
+    :meth:`notice` puts a line of its own above the bar."""
 
     def __init__(self, stream: TextIO, *, width: int = 30) -> None:
         self.stream = stream
@@ -34,14 +39,31 @@ class ProgressPrinter:
         self.width = width
         self._last_step = -1
         self._last_time = 0.0
+        self._drawn = ""
+
+    def notice(self, line: str) -> None:
+        if self.tty:
+            self.stream.write(f"{_REDRAW}{line}\n{self._drawn}")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def interrupted(self) -> None:
+        """Leave the bar where it is and start a new line (Ctrl-C)."""
+        if self.tty and self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = ""
 
     def __call__(self, progress: Progress) -> None:
         if self.tty:
             filled = self.width * progress.sent // max(progress.total, 1)
             bar = "#" * filled + "-" * (self.width - filled)
-            self.stream.write(f"\r[{bar}] {describe(progress)}")
+            self._drawn = f"[{bar}] {describe(progress)}"
+            self.stream.write(_REDRAW + self._drawn)
             if progress.sent >= progress.total:
                 self.stream.write("\n")
+                self._drawn = ""
             self.stream.flush()
             return
         step = 10 * progress.sent // max(progress.total, 1)

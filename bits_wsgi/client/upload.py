@@ -13,7 +13,11 @@ from byte 0; 503, 5xx and network errors are retried with exponential backoff; `
 sends the rest of the session to that host, falling back to the original one after
 ``BITS-Host-Id-Fallback-Timeout``; an upload-reply's reply is downloaded (resuming with byte
 ranges) before Close-Session. With a state file, an interrupted upload resumes where it stopped
-on the next run.
+on the next run; ``notice`` hears of each retry, resumption and restart in words.
+
+Longer than 350 lines because the client's whole retry, resynchronisation and Host-Id logic is
+one state machine over one connection; its parts that stand alone (the Acks, their words, the
+resume state, reply downloads) are modules of their own.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from .acks import SESSION_NOT_FOUND, ReceivedAck, is_transient
 from .errors import Transient, UploadError, raise_if_final
 from .reply import MAX_REPLY_SIZE, ReplyDownload
 from .state import ResumeState
+from .words import in_words, reason
 
+MiB = 1024 * 1024
 MIN_FRAGMENT = 5 * 1024
 DEFAULT_FRAGMENT = 1024 * 1024
 MAX_FRAGMENT = 8 * 1024 * 1024
@@ -74,6 +80,7 @@ class UploadClient:
         timeout: float = 60.0,
         state_file: str | os.PathLike[str] | None = None,
         progress: Callable[[Progress], None] | None = None,
+        notice: Callable[[str], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         stall_limit: int = STALL_LIMIT,
         max_reply_size: int = MAX_REPLY_SIZE,
@@ -102,6 +109,7 @@ class UploadClient:
         self.state_file = Path(state_file) if state_file is not None else None
         self._state = ResumeState(self.state_file, url)
         self._progress = progress
+        self._notice = notice or (lambda line: None)
         self._sleep = sleep
         self.stall_limit = stall_limit
         self.max_reply_size = max_reply_size
@@ -117,6 +125,10 @@ class UploadClient:
         """Upload the file; on success it is committed (or answered) and the session closed."""
         try:
             return self._upload(Path(path), reply_to)
+        except UploadError as exc:
+            if not exc.resumable:
+                self._state.clear()  # the session cannot go on: nothing to resume
+            raise
         finally:
             self._drop_connection()
 
@@ -128,6 +140,11 @@ class UploadClient:
         session_id, offset, host = self._state.load(source, stat)
         if host is not None and host != self._origin.netloc:
             self._host = host
+        if session_id is not None:
+            self._notice(
+                f"resuming session {session_id} at {offset / MiB:,.1f} MiB"
+                f" of {total / MiB:,.1f} MiB"
+            )
         with open(source, "rb") as data:
             while True:
                 if session_id is None:
@@ -141,6 +158,7 @@ class UploadClient:
                     restarts += 1
                     if restarts > 3:
                         raise UploadError("the server keeps losing the session") from None
+                    self._notice("the server no longer knows the session: starting over")
                     session_id = None
             reply_url = final.get("BITS-Reply-URL")
             reply_path = None
@@ -163,7 +181,7 @@ class UploadClient:
         self._host_id = None
         ack = self._packet("Create-Session", {"BITS-Supported-Protocols": PROTOCOL_GUID})
         if ack.status != 200:
-            raise UploadError(f"Create-Session refused: {ack.status} {ack.error}")
+            raise UploadError(f"Create-Session refused: {in_words('Create-Session', ack)}")
         session_id = ack.get("BITS-Session-Id")
         if not session_id:
             raise UploadError("Create-Session Ack without a session id")
@@ -227,7 +245,7 @@ class UploadClient:
             if not 0 <= ack.received <= total:
                 raise UploadError(f"the server claims {ack.received} of {total} bytes")
             return ack
-        raise UploadError(f"fragment at {offset} refused: {ack.status} {ack.error}")
+        raise UploadError(f"fragment at {offset} refused: {in_words('Fragment', ack)}")
 
     def _fragment(self, session_id: str, body: bytes, offset: int, total: int) -> ReceivedAck:
         content_range = f"bytes {offset}-{offset + len(body) - 1}/{total}" if body else "bytes */0"
@@ -240,7 +258,7 @@ class UploadClient:
     def _close(self, session_id: str) -> None:
         ack = self._packet("Close-Session", {"BITS-Session-Id": session_id})
         if ack.status != 200:
-            raise UploadError(f"Close-Session refused: {ack.status} {ack.error}")
+            raise UploadError(f"Close-Session refused: {in_words('Close-Session', ack)}")
 
     def _packet(self, packet_type: str, headers: dict[str, str], body: bytes = b"") -> ReceivedAck:
         """Send one packet, retrying transient failures with exponential backoff and jitter."""
@@ -254,9 +272,9 @@ class UploadClient:
             try:
                 ack = self._request("BITS_POST", sent, body)
                 if ack.status == 401:
-                    raise UploadError("authentication failed (401)")
+                    raise UploadError(f"authentication failed: {in_words(packet_type, ack)}")
                 if is_transient(packet_type, ack):
-                    raise Transient(f"{ack.status} {ack.error}")
+                    raise Transient(in_words(packet_type, ack))
                 return ack
             except (Transient, OSError, http.client.HTTPException) as exc:
                 self._drop_connection()
@@ -267,8 +285,16 @@ class UploadClient:
                     self._switch_host(self._origin.netloc)  # Host-Id fallback
                     self._host_id = None
                 if attempt == self.retries:
-                    raise UploadError(f"{packet_type} failed after retries: {exc}") from exc
-                self._sleep(min(self.max_backoff, delay) * random.uniform(0.8, 1.2))
+                    raise UploadError(
+                        f"{packet_type} failed after {self.retries} retries: {reason(exc)}",
+                        resumable=True,
+                    ) from exc
+                pause = min(self.max_backoff, delay) * random.uniform(0.8, 1.2)
+                self._notice(
+                    f"{packet_type}: {reason(exc)}; retrying in {pause:.1f} s"
+                    f" ({attempt + 1} of {self.retries})"
+                )
+                self._sleep(pause)
                 delay *= 2
         raise AssertionError("unreachable")
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
 import threading
@@ -84,5 +85,85 @@ def test_200_mb_upload_survives_a_server_crash(tmp_path: Path) -> None:
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     assert hashlib.sha256((root / "incoming" / "big.bin").read_bytes()).hexdigest() == digest
     text = bytes(output).decode(errors="replace")
-    assert "\r[" in text and "ETA" in text and "100.0%" in text
+    # the bar redraws in place, clearing to the end of the line, and the retries while the
+    # server was down are told on lines of their own
+    assert "\r\x1b[K[" in text and "ETA" in text and "100.0%" in text
+    retries = [line for line in text.split("\n") if "retrying in" in line]
+    assert retries and all(" of 12)" in line for line in retries), text[-2000:]
+    assert not state.exists()
+
+
+def _upload_on_a_terminal(
+    source: Path, url: str, state: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`bits-wsgi upload` with its stderr on a pseudo-terminal; (process, the terminal's end)."""
+    primary, replica = pty.openpty()
+    command = [sys.executable, "-m", "bits_wsgi", "upload", str(source), url]
+    client = subprocess.Popen(
+        [*command, "--state-file", str(state)],
+        stdout=subprocess.PIPE,
+        stderr=replica,
+        start_new_session=True,
+    )
+    os.close(replica)
+    return client, primary
+
+
+def _read_terminal(primary: int, output: bytearray) -> threading.Thread:
+    def drain() -> None:  # a full terminal buffer would block the client
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            output.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    return reader
+
+
+def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path: Path) -> None:
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(96 * MiB))
+    state = tmp_path / "state.json"
+    root, log = tmp_path / "root", tmp_path / "server.log"
+    with bits_serve(root, log) as server:
+        url = f"http://127.0.0.1:{server.port}/incoming/big.bin"
+        client, primary = _upload_on_a_terminal(source, url, state)
+        output = bytearray()
+        reader = _read_terminal(primary, output)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if json.loads(state.read_text())["offset"] > 8 * MiB:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.01)
+        client.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        stdout, _ = client.communicate(timeout=60)
+        reader.join(30)
+        os.close(primary)
+        text = bytes(output).decode(errors="replace")
+        assert client.returncode == 130, text[-2000:]
+        assert "Traceback" not in text and stdout == b""
+        last = text.rstrip().split("\n")[-1].strip()
+        assert last == "bits-wsgi: interrupted; the same command resumes the upload"
+        assert text.count("bits-wsgi:") == 1
+        assert state.exists()
+
+        again, primary = _upload_on_a_terminal(source, url, state)
+        output = bytearray()
+        reader = _read_terminal(primary, output)
+        stdout, _ = again.communicate(timeout=300)
+        reader.join(30)
+        os.close(primary)
+    text = bytes(output).decode(errors="replace")
+    assert again.returncode == 0, text[-2000:]
+    assert "resuming session {" in text
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert hashlib.sha256((root / "incoming" / "big.bin").read_bytes()).hexdigest() == digest
     assert not state.exists()
