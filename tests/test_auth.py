@@ -112,3 +112,97 @@ def test_unknown_and_known_names_cost_the_same_whatever_the_lengths(
         assert client.ping(headers={"Authorization": basic(name, password)}).status_int == 401
     assert client.ping(headers={"Authorization": basic("alice", "s3cret")}).status_int == 200
     assert len(lengths) == 1
+
+
+# -- hashed passwords (serve --users-file) ---------------------------------------------------
+
+
+def _hashed_app(upload_dir: Path, clock: list[float], **options: object) -> BasicAuth:
+    from werkzeug.security import generate_password_hash
+
+    return BasicAuth(
+        BITSMiddleware(fallback_app, upload_dir, prefix="/up/"),
+        hashed={"host1": generate_password_hash("s3cret", method="pbkdf2:sha256:1000")},
+        clock=lambda: clock[0],
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def _checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Count the password-hash checks BasicAuth makes."""
+    import bits_wsgi.wsgi.auth as auth
+
+    calls: list[str] = []
+    real = auth.check_password_hash
+
+    def counted(pwhash: str, password: str) -> bool:
+        calls.append(password)
+        return real(pwhash, password)
+
+    monkeypatch.setattr(auth, "check_password_hash", counted)
+    return calls
+
+
+def test_hashed_users_are_checked_once_then_remembered_for_a_while(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _checks(monkeypatch)
+    clock = [1000.0]
+    app = webtest.TestApp(_hashed_app(upload_dir, clock))
+    for _ in range(3):
+        app.get("/page", headers={"Authorization": basic("host1", "s3cret")}, status=200)
+    assert calls == ["s3cret"]  # 200 from the app behind: authenticated, one hash check
+    clock[0] += 301
+    app.get("/page", headers={"Authorization": basic("host1", "s3cret")}, status=200)
+    assert calls == ["s3cret", "s3cret"]  # remembered for 300 s only
+
+
+def test_hashed_users_refuse_wrong_and_unknown_credentials_and_remember_no_failure(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _checks(monkeypatch)
+    app = webtest.TestApp(_hashed_app(upload_dir, [0.0]))
+    for name, password in (("host1", "wrong"), ("host1", "wrong"), ("nobody", "s3cret")):
+        app.get("/page", headers={"Authorization": basic(name, password)}, status=401)
+    # every failure costs a check, an unknown name as much as a known one
+    assert calls == ["wrong", "wrong", "s3cret"]
+
+
+def test_remembered_credentials_are_bounded(upload_dir: Path) -> None:
+    from bits_wsgi.wsgi import auth
+
+    auth_app = _hashed_app(upload_dir, [0.0])
+    app = webtest.TestApp(auth_app)
+    # the same user with the right password remembered once, whatever the traffic
+    for _ in range(5):
+        app.get("/page", headers={"Authorization": basic("host1", "s3cret")}, status=200)
+    assert auth_app.remembered == 1
+    original = auth.MAX_REMEMBERED
+    try:
+        auth.MAX_REMEMBERED = 2
+        from werkzeug.security import generate_password_hash
+
+        many = BasicAuth(
+            fallback_app,
+            hashed={
+                f"h{n}": generate_password_hash("pw", method="pbkdf2:sha256:1000") for n in range(5)
+            },
+        )
+        client = webtest.TestApp(many)
+        for n in range(5):
+            client.get("/page", headers={"Authorization": basic(f"h{n}", "pw")}, status=200)
+        assert many.remembered == 2
+    finally:
+        auth.MAX_REMEMBERED = original
+
+
+def test_a_users_file_holds_hashes_only(tmp_path: Path) -> None:
+    from bits_wsgi.wsgi.auth import read_users_file
+
+    good = tmp_path / "users"
+    good.write_text("# operators\n\nhost1:pbkdf2:sha256:1000$salt$abc\n")
+    assert read_users_file(str(good)) == {"host1": "pbkdf2:sha256:1000$salt$abc"}
+    plain = tmp_path / "plain"
+    plain.write_text("host1:s3cret\n")
+    with pytest.raises(ValueError, match="not NAME:HASH"):
+        read_users_file(str(plain))

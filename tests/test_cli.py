@@ -164,3 +164,15 @@ def test_serve_defaults_are_upload_directory_defaults(tmp_path: Path) -> None:
     app = build_app(build_parser().parse_args(["serve", str(tmp_path)]))
     assert isinstance(app, BITSMiddleware)
     assert app.servers[0].directory == UploadDirectory(upload_dir=tmp_path)
+
+
+def test_every_option_says_what_it_does_and_its_default() -> None:
+    import argparse
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, command in commands.choices.items():
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction) or not action.option_strings:
+                continue
+            assert action.help and "default" in action.help.lower(), (name, action.option_strings)

@@ -1,5 +1,5 @@
-"""The ``bits-wsgi`` command: ``serve``, ``upload``, ``sessions`` and ``cleanup``, one module
-each; the arguments and the application ``serve`` runs are in ``app``."""
+"""The ``bits-wsgi`` command: ``serve``, ``upload``, ``sessions``, ``cleanup`` and ``passwd``,
+one module each; the arguments and the application ``serve`` runs are in ``app``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from ..client import UploadError
 from .app import build_app, build_parser, import_app, not_found
+from .passwd import passwd
 from .serve import serve
 from .sessions import cleanup, sessions
 from .upload import upload
@@ -29,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "upload": upload,
         "sessions": sessions,
         "cleanup": cleanup,
+        "passwd": passwd,
     }
     try:
         return commands[args.command](args)

@@ -10,12 +10,14 @@ import argparse
 import html
 import importlib
 import importlib.metadata
+import os
+import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, cast
 
 from ..client import DEFAULT_FRAGMENT
 from ..config import DEFAULT_SESSION_TIMEOUT
-from ..wsgi.auth import BasicAuth
+from ..wsgi.auth import BasicAuth, read_users_file
 from ..wsgi.middleware import BITSMiddleware
 from .options import add_backend_arguments, add_directory_options, build_backend, directory_from
 
@@ -108,8 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME:PASSWORD",
-        help="enable HTTP Basic authentication (repeatable); use TLS in front "
-        "(default: none, no authentication)",
+        help="enable HTTP Basic authentication (repeatable); the password shows in `ps`: "
+        "prefer --users-file; use TLS in front (default: none, no authentication)",
+    )
+    serve.add_argument(
+        "--users-file",
+        default=None,
+        metavar="FILE",
+        help="enable HTTP Basic authentication for the NAME:HASH lines of FILE, written by "
+        "`bits-wsgi passwd FILE NAME` (default: none)",
     )
     serve.add_argument(
         "--server",
@@ -126,24 +135,64 @@ def build_parser() -> argparse.ArgumentParser:
     upload = commands.add_parser("upload", help="upload FILE to a BITS server at URL")
     upload.add_argument("file")
     upload.add_argument("url", help="http(s) URL of the destination")
-    upload.add_argument("--user", default=None, metavar="NAME:PASSWORD", help="Basic auth")
-    upload.add_argument("--reply-to", default=None, metavar="FILE", help="save the reply here")
+    upload.add_argument(
+        "--user",
+        default=None,
+        metavar="NAME:PASSWORD",
+        help="HTTP Basic credentials for the server (default: none)",
+    )
+    upload.add_argument(
+        "--reply-to",
+        default=None,
+        metavar="FILE",
+        help="save an upload-reply's reply here (default: not downloaded)",
+    )
     upload.add_argument(
         "--state-file",
         default=None,
         help="where progress is kept to resume on the next run (default: in ~/.cache/bits-wsgi)",
     )
-    upload.add_argument("--fragment-size", type=int, default=DEFAULT_FRAGMENT, metavar="BYTES")
-    upload.add_argument("--retries", type=int, default=8, help="per packet, with backoff")
-    upload.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
     upload.add_argument(
-        "--quiet", action="store_true", help="no progress, retry or resume lines; errors only"
+        "--fragment-size",
+        type=int,
+        default=DEFAULT_FRAGMENT,
+        metavar="BYTES",
+        help="the first fragment's size; it doubles after successes and halves on a 413 "
+        "(default: %(default)s)",
     )
+    upload.add_argument(
+        "--retries",
+        type=int,
+        default=8,
+        help="attempts per packet after the first, with exponential backoff (default: %(default)s)",
+    )
+    upload.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="for each network operation (default: %(default)s)",
+    )
+    upload.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress, retry or resume lines; errors only (default: off)",
+    )
+
+    passwd = commands.add_parser(
+        "passwd", help="set NAME's password in a users file for serve --users-file"
+    )
+    passwd.add_argument("file", help="the users file (created if missing)")
+    passwd.add_argument("name", help="the user")
 
     sessions = commands.add_parser("sessions", help="list the sessions under ROOT")
     sessions.add_argument("root")
-    sessions.add_argument("--json", action="store_true", help="one JSON object per session")
-    sessions.add_argument("--all", action="store_true", help="include closed and cancelled")
+    sessions.add_argument(
+        "--json", action="store_true", help="one JSON object per session (default: a table)"
+    )
+    sessions.add_argument(
+        "--all", action="store_true", help="include closed and cancelled (default: active only)"
+    )
     add_backend_arguments(sessions)
 
     cleanup = commands.add_parser("cleanup", help="remove expired sessions under ROOT")
@@ -153,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_SESSION_TIMEOUT,
         metavar="SECONDS",
-        help="idle time after which a session counts as expired",
+        help="idle time after which a session counts as expired (default: %(default)s)",
     )
     add_backend_arguments(cleanup)
     return parser
@@ -177,8 +226,9 @@ def build_app(args: argparse.Namespace) -> WSGIApplication:
         metrics=metrics,
         metrics_path=args.metrics_path,
     )
-    if args.user:
-        app = BasicAuth(app, _parse_users(args.user))
+    if args.user or args.users_file:
+        hashed = read_users_file(args.users_file) if args.users_file else None
+        app = BasicAuth(app, _parse_users(args.user), hashed=hashed)
     return app
 
 
@@ -187,6 +237,11 @@ def import_app(spec: str) -> WSGIApplication:
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise ValueError(f"--app takes MODULE:NAME, got {spec!r}")
+    # Modules of the current directory, as gunicorn finds them (an installed command's path
+    # starts at its own folder instead).
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
     try:
         module = importlib.import_module(module_name)
         app = getattr(module, attribute)

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
+from ..wsgi.auth import read_users_file
 from .app import build_app
 from .options import directory_from
 
@@ -69,7 +70,7 @@ def banner(args: argparse.Namespace) -> str:
     """The start-up line: where uploads go, who may send them, and what runs."""
     directory = directory_from(args, args.root)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    users = len(args.user)
+    users = len(args.user) + (len(read_users_file(args.users_file)) if args.users_file else 0)
     if users:
         who = f"Basic authentication ({users} user{'' if users == 1 else 's'})"
     else:

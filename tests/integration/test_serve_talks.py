@@ -3,7 +3,10 @@ start, and a page at / that says what the server is."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -108,3 +111,70 @@ def test_a_browser_at_the_root_learns_what_this_server_is(tmp_path: Path, path: 
     else:
         assert response.status == 404
     assert other.status == 404
+
+
+def test_passwd_then_users_file_keeps_passwords_off_the_command_line(tmp_path: Path) -> None:
+    users = tmp_path / "users"
+    for name, password in (("host1", "s3cret"), ("host2", "other"), ("host1", "changed")):
+        done = subprocess.run(
+            [sys.executable, "-m", "bits_wsgi", "passwd", str(users), name],
+            input=password + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert "password of" in done.stderr
+    text = users.read_text()
+    assert "s3cret" not in text and "changed" not in text
+    assert [line.partition(":")[0] for line in text.splitlines()] == ["host2", "host1"]
+    assert oct(users.stat().st_mode & 0o777) == "0o600"
+    source = tmp_path / "f.bin"
+    source.write_bytes(b"x" * 100_000)
+    with bits_serve(tmp_path / "up", tmp_path / "serve.log", "--users-file", str(users)) as server:
+        url = f"http://127.0.0.1:{server.port}/f.bin"
+        upload = [sys.executable, "-m", "bits_wsgi", "upload", str(source), url, "--quiet"]
+        state = ["--state-file", str(tmp_path / "state.json")]
+        refused = subprocess.run(
+            [*upload, *state, "--user", "host1:s3cret"], capture_output=True, text=True, timeout=60
+        )
+        accepted = subprocess.run(
+            [*upload, *state, "--user", "host1:changed"], capture_output=True, text=True, timeout=60
+        )
+        banner = server.log.read_text()
+    assert refused.returncode == 1 and "401" in refused.stderr
+    assert accepted.returncode == 0, accepted.stderr
+    assert (tmp_path / "up" / "f.bin").read_bytes() == source.read_bytes()
+    assert "Basic authentication (2 users)" in banner
+
+
+def test_app_is_found_in_the_current_directory(tmp_path: Path) -> None:
+    (tmp_path / "site_app.py").write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'from the current directory']\n"
+    )
+    port = free_port()
+    # the installed command, as an operator runs it: not `python -m`, which puts the current
+    # directory on the path by itself
+    command = [str(Path(sys.executable).parent / "bits-wsgi"), "serve", str(tmp_path / "up")]
+    with open(tmp_path / "serve.log", "wb") as log:
+        process = subprocess.Popen(
+            [*command, "--port", str(port), "--app", "site_app:app"],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        from ..support.ports import wait_for_port
+
+        wait_for_port(port, process)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/hello")
+        assert connection.getresponse().read() == b"from the current directory"
+        connection.close()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(60)
