@@ -31,6 +31,31 @@ keepalive = 30
 accesslog = None
 loglevel = "info"
 
+# gunicorn configures only its own loggers: without this, the packet lines (INFO) go nowhere.
+# Everything to stderr; BITS_LOG_FORMAT=json makes every line one JSON object, the packet's
+# fields as keys (bits_wsgi.wsgi.log_format.JsonFormatter).
+_LINE = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+_JSON = os.environ.get("BITS_LOG_FORMAT", "").lower() == "json"
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "line": {"()": "bits_wsgi.wsgi.log_format.JsonFormatter"} if _JSON else {"format": _LINE},
+    },
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "line",
+            "stream": "ext://sys.stderr",
+        },
+    },
+    "root": {"level": "INFO", "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+        "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
+    },
+}
+
 # Sessions live on disk under the upload directory, so any worker can take any packet and a
 # restart loses nothing: preloading is safe and saves memory.
 preload_app = True

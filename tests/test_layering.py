@@ -21,6 +21,7 @@ ALLOWED = {
     "server.session_cap": set(),
     "server.tombstone_budget": set(),
     "wsgi.observe": {"escaping"},
+    "wsgi.log_format": set(),
     "escaping": set(),
     "wsgi.metrics": {"events", "wsgi.observe"},
     "notify": {"protocol"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import shutil
 import subprocess
@@ -26,18 +27,17 @@ GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 MiB = 1024 * 1024
 
 
-def gunicorn(tmp_path: Path, app: str, cwd: Path, config: str) -> Server:
+def gunicorn(
+    tmp_path: Path, app: str, cwd: Path, config: str, env: dict[str, str] | None = None
+) -> Server:
     port = free_port()
-    os.environ["BITS_UPLOAD_DIR"] = str(tmp_path / "uploads")
-    try:
-        return Server(
-            [GUNICORN, "-c", config, "--bind", f"127.0.0.1:{port}", "--workers", "2", app],
-            port,
-            tmp_path / "gunicorn.log",
-            cwd=cwd,
-        )
-    finally:
-        del os.environ["BITS_UPLOAD_DIR"]
+    return Server(
+        [GUNICORN, "-c", config, "--bind", f"127.0.0.1:{port}", "--workers", "2", app],
+        port,
+        tmp_path / "gunicorn.log",
+        cwd=cwd,
+        env={"BITS_UPLOAD_DIR": str(tmp_path / "uploads"), **(env or {})},
+    )
 
 
 @pytest.fixture(params=["flask", "django"])
@@ -80,10 +80,36 @@ def upload_and_check(port: int, stored: Path, tmp_path: Path, size: int) -> None
 def test_example_under_gunicorn(example: tuple[Server, Path], tmp_path: Path) -> None:
     server, stored = example
     upload_and_check(server.port, stored, tmp_path, 5 * MiB + 3)
+    # the one line per packet appears under gunicorn too (examples/gunicorn.conf.py)
+    lines = server.log.read_text().splitlines()
+    for packet in ("Create-Session", "Fragment", "Close-Session"):
+        assert any(f"packet={packet} " in line and " status=200 " in line for line in lines), (
+            packet,
+            lines[-20:],
+        )
     status, page = request(server.port, "GET", "/")
     assert status == 200 and b"answers here" in page
     payload = os.urandom(100_000)
     assert request(server.port, "POST", "/echo", payload) == (200, payload)
+
+
+def test_the_packet_lines_as_json(tmp_path: Path) -> None:
+    server = gunicorn(
+        tmp_path,
+        "examples.flask_app:app",
+        PROJECT,
+        "examples/gunicorn.conf.py",
+        env={"BITS_LOG_FORMAT": "json"},
+    )
+    try:
+        upload_and_check(server.port, tmp_path / "uploads" / "files", tmp_path, 3 * MiB)
+    finally:
+        assert server.stop() == 0
+    records = [json.loads(line) for line in server.log.read_text().splitlines()]
+    fragments = [r for r in records if r.get("packet") == "Fragment"]
+    assert fragments and all(r["status"] == 200 and r["logger"] == "bits_wsgi" for r in fragments)
+    assert fragments[-1]["received"] == 3 * MiB
+    assert {"time", "level", "message", "session", "destination", "duration"} <= set(fragments[0])
 
 
 def test_nginx_in_front_of_the_flask_example(tmp_path: Path) -> None:

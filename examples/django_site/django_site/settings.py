@@ -28,3 +28,17 @@ BITS_WSGI = {
     "upload_dir": os.environ.get("BITS_UPLOAD_DIR", "./uploads"),
     "prefix": "/uploads/",
 }
+
+# One line per BITS packet from the "bits_wsgi" logger, under runserver as under gunicorn;
+# BITS_LOG_FORMAT=json makes it one JSON object per line (docs/deployment.md, "Operations").
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "line": {"()": "bits_wsgi.wsgi.log_format.JsonFormatter"}
+        if os.environ.get("BITS_LOG_FORMAT", "").lower() == "json"
+        else {"format": "%(asctime)s [%(levelname)s] %(name)s: %(message)s"},
+    },
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line"}},
+    "loggers": {"bits_wsgi": {"handlers": ["stderr"], "level": "INFO", "propagate": False}},
+}
