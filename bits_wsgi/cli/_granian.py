@@ -16,10 +16,11 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from granian import Granian
-from granian.constants import Interfaces
+from granian.constants import Interfaces, SSLProtocols
 from granian.log import LogLevels
 
 if TYPE_CHECKING:
@@ -38,8 +39,24 @@ def make_app() -> WSGIApplication:
     return build_app(args)
 
 
-def serve(argv: Sequence[str], *, host: str, port: int, workers: int, threads: int) -> None:
+def serve(
+    argv: Sequence[str],
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    threads: int,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+) -> None:
     os.environ[ARGV_ENV] = json.dumps(list(argv))
+    tls: dict[str, Any] = {}
+    if certfile is not None:
+        tls = {
+            "ssl_cert": Path(certfile),
+            "ssl_key": Path(keyfile or certfile),
+            "ssl_protocol_min": SSLProtocols.tls12,  # Windows 7 speaks TLS 1.2, not 1.3
+        }
     Granian(
         f"{__name__}:make_app",
         factory=True,
@@ -50,4 +67,5 @@ def serve(argv: Sequence[str], *, host: str, port: int, workers: int, threads: i
         blocking_threads=threads,
         log_level=LogLevels.info,
         workers_kill_timeout=60,
+        **tls,
     ).serve()

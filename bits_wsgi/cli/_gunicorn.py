@@ -46,10 +46,19 @@ class EmbeddedGunicorn(BaseApplication):  # type: ignore[misc]
         _GracefulArbiter(self).run()
 
 
-def serve(application: WSGIApplication, *, bind: str, workers: int, threads: int) -> None:
+def serve(
+    application: WSGIApplication,
+    *,
+    bind: str,
+    workers: int,
+    threads: int,
+    tls: dict[str, Any] | None = None,
+) -> None:
+    """``tls``: gunicorn's ``certfile``, ``keyfile``, ``ca_certs`` and ``cert_reqs``."""
     EmbeddedGunicorn(
         application,
         {
+            **(tls or {}),
             "bind": bind,
             "workers": workers,
             "threads": threads,

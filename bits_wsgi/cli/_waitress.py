@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,9 @@ from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
+from waitress.task import WSGITask
+
+from ._tls import certificate_identity
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -80,8 +84,99 @@ class DeadlineChannel(HTTPChannel):  # type: ignore[misc]
         return bool(self.request is not None or self.requests or self.total_outbufs_len)
 
 
+class TLSTask(WSGITask):  # type: ignore[misc]
+    """A request of a TLS connection: ``https``, and the client certificate's identity."""
+
+    def get_environment(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environment()
+        environ["wsgi.url_scheme"] = "https"
+        environ["HTTPS"] = "on"
+        if self.channel.tls_identity:
+            environ["REMOTE_USER"] = self.channel.tls_identity
+        return environ
+
+
+class TLSChannel(DeadlineChannel):
+    """A connection in TLS, on waitress's non-blocking sockets: the handshake is driven by the
+    event loop, a read that finds no whole record yet is no data (not a closed connection),
+    and every record OpenSSL has already decrypted is read at once, since poll() cannot see it.
+    A handshake still incomplete after the head timeout is dropped like a slow head."""
+
+    task_class = TLSTask
+    tls_identity: str | None = None
+    _handshaken = False
+    _wants_write = False
+
+    def __init__(self, server: Any, sock: socket.socket, addr: Any, adj: Any, map: Any = None):
+        wrapped = server.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        self.accepted = time.monotonic()
+        super().__init__(server, wrapped, addr, adj, map)
+
+    def _handshake(self) -> bool:
+        if self._handshaken:
+            return True
+        self._wants_write = False
+        try:
+            self.socket.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        except ssl.SSLWantWriteError:
+            self._wants_write = True
+            return False
+        except (ssl.SSLError, OSError) as exc:
+            log.info("TLS handshake with %s failed: %s", self.addr[0], exc)
+            self.handle_close()
+            return False
+        self._handshaken = True
+        self.tls_identity = certificate_identity(self.socket.getpeercert())
+        return True
+
+    def handle_read(self) -> None:
+        if not self._handshake():
+            return
+        while True:
+            try:
+                data = self.socket.recv(self.adj.recv_bytes)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            except (ssl.SSLError, OSError):
+                self.handle_close()
+                return
+            if not data:
+                self.handle_close()
+                return
+            self.last_activity = time.time()
+            self.received(data)
+            if not self.socket.pending():
+                return
+
+    def handle_write(self) -> None:
+        if self._handshake():
+            super().handle_write()
+
+    def writable(self) -> bool:
+        return bool(self._wants_write or (self._handshaken and super().writable()))
+
+    def send(self, data: bytes, do_close: bool = True) -> int:
+        try:
+            sent: int = self.socket.send(data)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return 0
+        except (ssl.SSLError, OSError):
+            if do_close:
+                self.handle_close()
+            return 0
+        return sent
+
+    def too_slow(self, now: float) -> str | None:
+        if not self._handshaken and now - self.accepted > HEAD_TIMEOUT:
+            return f"TLS handshake incomplete after {now - self.accepted:.0f} s"
+        return super().too_slow(now)
+
+
 class DeadlineServer(TcpWSGIServer):  # type: ignore[misc]
     channel_class = DeadlineChannel
+    tls: ssl.SSLContext | None = None
 
     def maintenance(self, now: float) -> None:
         """Every ``cleanup_interval``: idle connections past their timeout (waitress's rule),
@@ -106,10 +201,12 @@ def serve(
     workers: int,
     threads: int,
     largest_body: int,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     """``largest_body``: the largest body the application answers (its ``discard_limit``: a
     fragment over ``max_fragment_size`` gets its 413 Ack once it has arrived); waitress refuses
-    a larger one and closes the connection, before it is stored anywhere."""
+    a larger one and closes the connection, before it is stored anywhere. ``tls``: every
+    connection speaks TLS in this context."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.create_server((host, port), family=family, backlog=2048)
     listener.setblocking(False)
@@ -123,17 +220,24 @@ def serve(
         recv_bytes=256 * 1024,
         asyncore_use_poll=True,
         ident="bits-wsgi",
+        url_scheme="https" if tls is not None else "http",
     )
-    _Master(application, listener, adjustments, workers).run()
+    _Master(application, listener, adjustments, workers, tls).run()
 
 
 class _Master:
     """Starts the workers, starts a new one when one dies, stops them all gracefully."""
 
     def __init__(
-        self, application: WSGIApplication, listener: socket.socket, adj: Adjustments, count: int
+        self,
+        application: WSGIApplication,
+        listener: socket.socket,
+        adj: Adjustments,
+        count: int,
+        tls: ssl.SSLContext | None,
     ) -> None:
         self.application, self.listener, self.adj, self.count = application, listener, adj, count
+        self.tls = tls
         self.workers: set[int] = set()
         self.stopping: float | None = None
 
@@ -178,14 +282,19 @@ class _Master:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
             return
         try:
-            _work(self.application, self.listener, self.adj)
+            _work(self.application, self.listener, self.adj, self.tls)
         except BaseException:
             log.exception("worker failed")
             os._exit(1)
         os._exit(0)
 
 
-def _work(application: WSGIApplication, listener: socket.socket, adj: Adjustments) -> None:
+def _work(
+    application: WSGIApplication,
+    listener: socket.socket,
+    adj: Adjustments,
+    tls: ssl.SSLContext | None,
+) -> None:
     stop: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
     signal.signal(signal.SIGINT, lambda signum, frame: stop.append(signum))
@@ -194,6 +303,8 @@ def _work(application: WSGIApplication, listener: socket.socket, adj: Adjustment
     server = DeadlineServer(
         application, _sock=listener, adj=adj, bind_socket=False, sockinfo=sockinfo
     )
+    if tls is not None:
+        server.tls, server.channel_class = tls, TLSChannel
     connections = server._map
     while not stop:
         wasyncore.loop(timeout=1.0, use_poll=True, map=connections, count=1)

@@ -128,6 +128,25 @@ def build_parser() -> argparse.ArgumentParser:
         "those under 240 bytes/s; gunicorn gives each request in flight a thread; granian "
         "holds each body in memory; see docs/benchmarks.md (default: %(default)s)",
     )
+    serve.add_argument(
+        "--certfile",
+        default=None,
+        metavar="FILE",
+        help="serve HTTPS with this certificate (PEM, its chain after it; default: plain HTTP)",
+    )
+    serve.add_argument(
+        "--keyfile",
+        default=None,
+        metavar="FILE",
+        help="the certificate's private key (default: in --certfile)",
+    )
+    serve.add_argument(
+        "--client-ca",
+        default=None,
+        metavar="FILE",
+        help="require a client certificate signed by this authority; its subject's common "
+        "name is the identity that owns the client's sessions (default: none required)",
+    )
     serve.add_argument("--workers", type=int, default=2, help="(default: %(default)s)")
     serve.add_argument("--threads", type=int, default=8, help="per worker (default: %(default)s)")
     serve.add_argument("--log-level", default="info", help="(default: %(default)s)")
@@ -140,6 +159,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="NAME:PASSWORD",
         help="HTTP Basic credentials for the server (default: none)",
+    )
+    upload.add_argument(
+        "--cacert",
+        default=None,
+        metavar="FILE",
+        help="trust the certificate authorities in FILE (PEM) for https (default: the system's)",
+    )
+    upload.add_argument(
+        "--cert",
+        default=None,
+        metavar="FILE",
+        help="present this client certificate (PEM, with its key unless --key; default: none)",
+    )
+    upload.add_argument(
+        "--key",
+        default=None,
+        metavar="FILE",
+        help="the client certificate's private key (default: in --cert)",
     )
     upload.add_argument(
         "--reply-to",

@@ -10,11 +10,13 @@ import logging
 import os
 import shutil
 import socket
+import ssl
 import sys
 import tempfile
 from collections.abc import Sequence
 
 from ..wsgi.auth import read_users_file
+from ._tls import ClientCertificateIdentity, server_context
 from .app import build_app
 from .options import directory_from
 
@@ -25,6 +27,7 @@ def serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.metrics_path and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         _share_metrics_between_workers()
     app = build_app(args)  # configuration errors surface here, before any server starts
+    tls = _tls(args)
     _check_address(args.host, args.port)
     log.info(banner(args))
     if args.server == "granian":
@@ -34,7 +37,13 @@ def serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
             print("bits-wsgi: --server granian needs granian: pip install granian", file=sys.stderr)
             return 2
         serve_granian(
-            argv, host=args.host, port=args.port, workers=args.workers, threads=args.threads
+            argv,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            threads=args.threads,
+            certfile=args.certfile,
+            keyfile=args.keyfile,
         )
         return 0
     if args.server == "waitress":
@@ -52,6 +61,7 @@ def serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
             workers=args.workers,
             threads=args.threads,
             largest_body=directory_from(args, args.root).discard_limit,
+            tls=tls,
         )
         return 0
     try:
@@ -62,14 +72,36 @@ def serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
         )
         return 2
     host = f"[{args.host}]" if ":" in args.host else args.host
-    serve(app, bind=f"{host}:{args.port}", workers=args.workers, threads=args.threads)
+    options: dict[str, object] | None = None
+    if tls is not None:
+        options = {"certfile": args.certfile, "keyfile": args.keyfile or args.certfile}
+        if args.client_ca:
+            options |= {"ca_certs": args.client_ca, "cert_reqs": ssl.CERT_REQUIRED}
+            app = ClientCertificateIdentity(app)
+    serve(app, bind=f"{host}:{args.port}", workers=args.workers, threads=args.threads, tls=options)
     return 0
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS settings checked before any engine starts; None for plain HTTP."""
+    if args.certfile is None:
+        if args.keyfile or args.client_ca:
+            raise ValueError("--keyfile and --client-ca go with --certfile")
+        return None
+    if args.client_ca and args.server == "granian":
+        raise ValueError(
+            "client certificates (--client-ca) need --server waitress or gunicorn: granian "
+            "does not tell the application who the client is"
+        )
+    return server_context(args.certfile, args.keyfile, args.client_ca)
 
 
 def banner(args: argparse.Namespace) -> str:
     """The start-up line: where uploads go, who may send them, and what runs."""
     directory = directory_from(args, args.root)
     host = f"[{args.host}]" if ":" in args.host else args.host
+    scheme = "http" if args.certfile is None else "https"
+    who_tls = f"; client certificates from {args.client_ca} required" if args.client_ca else ""
     users = len(args.user) + (len(read_users_file(args.users_file)) if args.users_file else 0)
     if users:
         who = f"Basic authentication ({users} user{'' if users == 1 else 's'})"
@@ -77,8 +109,8 @@ def banner(args: argparse.Namespace) -> str:
         who = "no authentication: anyone who reaches this port may upload"
     backend = "files" if args.backend is None else f"redis {args.backend}, data in {args.data_dir}"
     return (
-        f"bits-wsgi serve: http://{host}:{args.port}{directory.prefix} -> "
-        f"{os.path.realpath(directory.upload_dir)} (prefix {directory.prefix}); {who}; "
+        f"bits-wsgi serve: {scheme}://{host}:{args.port}{directory.prefix} -> "
+        f"{os.path.realpath(directory.upload_dir)} (prefix {directory.prefix}); {who}{who_tls}; "
         f"backend: {backend}; {args.server}, {args.workers} workers x {args.threads} threads"
     )
 

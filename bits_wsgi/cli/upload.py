@@ -38,6 +38,9 @@ def upload(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         state_file=state_file,
         progress=None if args.quiet else printer,
+        cafile=args.cacert,
+        certfile=args.cert,
+        keyfile=args.key,
         notice=None if args.quiet else printer.notice,
     )
     try:

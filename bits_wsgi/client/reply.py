@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import json
 import os
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ class ReplyDownload:
     timeout: float = 60.0
     max_reply_size: int = MAX_REPLY_SIZE
     sleep: Callable[[float], None] = time.sleep
+    #: for https replies: the upload's own TLS settings
+    tls: ssl.SSLContext | None = None
 
     def fetch(self, url: str, target: Path, authorization: str | None) -> None:
         """GET the reply into ``target``, resuming with a Range after a broken connection.
@@ -37,7 +40,14 @@ class ReplyDownload:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UploadError(f"the server named an invalid reply URL {url[:200]!r}")
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+
+        def connect() -> http.client.HTTPConnection:
+            if parts.scheme == "https":
+                return http.client.HTTPSConnection(
+                    parts.netloc, timeout=self.timeout, context=self.tls
+                )
+            return http.client.HTTPConnection(parts.netloc, timeout=self.timeout)
+
         path = urlunsplit(("", "", parts.path, parts.query, ""))
         partial = target.with_name(target.name + ".part")
         proof = target.with_name(target.name + ".part.etag")
@@ -50,7 +60,7 @@ class ReplyDownload:
             headers = {"Range": f"bytes={have}-", "If-Range": etag} if have and etag else {}
             if authorization:
                 headers["Authorization"] = authorization
-            connection = cls(parts.netloc, timeout=self.timeout)
+            connection = connect()
             try:
                 connection.request("GET", path, headers=headers)
                 response = connection.getresponse()

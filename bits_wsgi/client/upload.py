@@ -35,7 +35,7 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from ..protocol import PROTOCOL_GUID
 from .acks import SESSION_NOT_FOUND, ReceivedAck, is_transient
-from .errors import Transient, UploadError, raise_if_final
+from .errors import Transient, UploadError, raise_if_final, tls_context
 from .reply import MAX_REPLY_SIZE, ReplyDownload
 from .state import ResumeState
 from .words import in_words, reason
@@ -84,7 +84,12 @@ class UploadClient:
         sleep: Callable[[float], None] = time.sleep,
         stall_limit: int = STALL_LIMIT,
         max_reply_size: int = MAX_REPLY_SIZE,
+        cafile: str | os.PathLike[str] | None = None,
+        certfile: str | os.PathLike[str] | None = None,
+        keyfile: str | os.PathLike[str] | None = None,
     ) -> None:
+        """``cafile``: trust the authorities in it instead of the system's for https;
+        ``certfile`` (and ``keyfile``): the client certificate to present."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
@@ -113,6 +118,7 @@ class UploadClient:
         self._sleep = sleep
         self.stall_limit = stall_limit
         self.max_reply_size = max_reply_size
+        self._tls = tls_context(cafile, certfile, keyfile) if parts.scheme == "https" else None
         self._connection: http.client.HTTPConnection | None = None
         self._host_id: str | None = None
         self._host_id_deadline = 0.0
@@ -309,12 +315,12 @@ class UploadClient:
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._connection is None:
-            cls = (
-                http.client.HTTPSConnection
-                if self._origin.scheme == "https"
-                else http.client.HTTPConnection
-            )
-            self._connection = cls(self._host, timeout=self.timeout)
+            if self._tls is not None:
+                self._connection = http.client.HTTPSConnection(
+                    self._host, timeout=self.timeout, context=self._tls
+                )
+            else:
+                self._connection = http.client.HTTPConnection(self._host, timeout=self.timeout)
         return self._connection
 
     def _drop_connection(self) -> None:
@@ -340,6 +346,7 @@ class UploadClient:
             timeout=self.timeout,
             max_reply_size=self.max_reply_size,
             sleep=self._sleep,
+            tls=self._tls,
         )
         download.fetch(url, target, authorization)
 
