@@ -17,6 +17,7 @@ import pytest
 from bits_wsgi.client import UploadClient
 
 from ..support.ports import free_port
+from ..support.tls import Authority
 from .helpers import Server
 
 pytestmark = pytest.mark.integration
@@ -127,6 +128,12 @@ def test_nginx_in_front_of_the_flask_example(tmp_path: Path) -> None:
     site = (EXAMPLES / "nginx.conf").read_text()
     site = site.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{app.port};")
     site = site.replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    ca = Authority(tmp_path)
+    server_cert = ca.issue("localhost", server=True)
+    tls_port = free_port()
+    site = site.replace("listen 8443 ssl;", f"listen 127.0.0.1:{tls_port} ssl;")
+    site = site.replace("/etc/nginx/bits/server.pem", str(server_cert.certificate))
+    site = site.replace("/etc/nginx/bits/server.key", str(server_cert.key))
     (prefix / "bits.conf").write_text(site)
     (prefix / "nginx.conf").write_text(
         f"""
@@ -158,6 +165,14 @@ def test_nginx_in_front_of_the_flask_example(tmp_path: Path) -> None:
         )
         client.upload(source)
         assert client.fragment_size == 13 * 1000 * 1000  # nginx let 13 MB fragments through
+        # and the same over the example's TLS listener, trusting the test's authority
+        secure = UploadClient(
+            f"https://127.0.0.1:{tls_port}/uploads/secure.bin",
+            cafile=ca.pem,
+            fragment_size=13 * 1000 * 1000,
+        )
+        secure.upload(source)
+        assert (tmp_path / "uploads" / "files" / "secure.bin").read_bytes() == source.read_bytes()
         stored = tmp_path / "uploads" / "files" / "big.bin"
         assert (
             hashlib.sha256(stored.read_bytes()).digest()
