@@ -97,6 +97,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at this path, e.g. /metrics (needs bits-wsgi[metrics]; "
         "default: none)",
     )
+    serve.add_argument(
+        "--status-path",
+        default=None,
+        metavar="PATH",
+        help="serve the operators' live status page at this path, e.g. /bits-status/ "
+        "(default: none)",
+    )
+    serve.add_argument(
+        "--status-user",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with authentication, an operator who may read the status page (repeatable; "
+        "default: none, so only loopback clients of a server without authentication)",
+    )
+    serve.add_argument(
+        "--status-public",
+        action="store_true",
+        help="without authentication, let every client read the status page "
+        "(default: loopback clients only)",
+    )
     add_backend_arguments(serve)
     serve.add_argument(
         "--app",
@@ -262,6 +283,9 @@ def build_app(args: argparse.Namespace) -> WSGIApplication:
         backend=build_backend(args),
         metrics=metrics,
         metrics_path=args.metrics_path,
+        status_path=args.status_path,
+        status_users=args.status_user,
+        status_public=args.status_public,
     )
     if args.user or args.users_file:
         hashed = read_users_file(args.users_file) if args.users_file else None

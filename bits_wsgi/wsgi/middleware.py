@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +59,8 @@ from .body import BodyReader
 from .downloads import serve_reply
 from .in_process import WsgiTarget
 from .observe import PacketRecord
+from .roots import check_roots
+from .status import StatusPage
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -83,6 +85,10 @@ class BITSMiddleware:
         (:class:`~bits_wsgi.wsgi.metrics.PrometheusMetrics`).
     :param metrics_path: with ``metrics``, the path where GET reads them (e.g. ``/metrics``);
         without it, expose ``metrics.registry`` yourself.
+    :param status_path: where GET reads the operator's live status page (e.g.
+        ``/bits-status/``; :mod:`bits_wsgi.wsgi.status`); none by default.
+    :param status_users: with authentication in front (``REMOTE_USER``), the operators who may
+        read it; without, only loopback clients may, or anyone with ``status_public``.
     """
 
     def __init__(
@@ -94,6 +100,9 @@ class BITSMiddleware:
         backend: Backend | None = None,
         metrics: PrometheusMetrics | None = None,
         metrics_path: str | None = None,
+        status_path: str | None = None,
+        status_users: Collection[str] = (),
+        status_public: bool = False,
         **options: Any,
     ) -> None:
         self.app = app
@@ -107,7 +116,7 @@ class BITSMiddleware:
         prefixes = [d.prefix for d in configured]
         if len(set(prefixes)) != len(prefixes):
             raise ValueError(f"duplicate upload prefixes: {prefixes}")
-        _check_roots(configured)
+        check_roots(configured)
         if backend is not None and len(configured) != 1:
             raise ValueError("a backend instance serves exactly one upload directory")
         #: hooks the application registers: ``@middleware.events.on_upload_complete`` ...
@@ -127,6 +136,14 @@ class BITSMiddleware:
         self.metrics_path = metrics_path
         if metrics is not None:
             metrics.attach(self.events)
+        if status_path is not None and not status_path.startswith("/"):
+            raise ValueError("status_path must start with /")
+        self.status_path = status_path
+        self.status = (
+            StatusPage(self.servers, users=status_users, public=status_public)
+            if status_path is not None
+            else None
+        )
         self._overridable = any(s.directory.allow_method_override for s in self.servers)
         self._replies = any(s.directory.reply_mode for s in self.servers)
 
@@ -138,6 +155,8 @@ class BITSMiddleware:
             server = self.route(environ)
             if server is not None and server.directory.allow_method_override:
                 return self.handle_bits(environ, start_response, server)
+        if self.status is not None and environ.get("PATH_INFO") == self.status_path:
+            return self.status(environ, start_response)
         if self.metrics_path is not None and environ.get("PATH_INFO") == self.metrics_path:
             assert self.metrics is not None  # checked in __init__
             return self.metrics.wsgi_app(environ, start_response)
@@ -209,13 +228,15 @@ class BITSMiddleware:
         ack = _echo_session_id(ack, envelope, headers)
         error_headers = server.directory.error_headers if server else DEFAULT_ERROR_HEADERS
         start_response(ack.status_line, ack.headers(error_headers))
-        if self.metrics is not None or log.isEnabledFor(logging.INFO):
+        if self.metrics is not None or self.status is not None or log.isEnabledFor(logging.INFO):
             if not identity:
                 identity = str(environ.get("REMOTE_USER") or "")
             record = _packet_record(environ, envelope, headers, ack, destination, identity, started)
             record.log()
             if self.metrics is not None:
                 self.metrics.observe_packet(record)
+            if self.status is not None:
+                self.status.failures.note(record)
         return []
 
     def _destination(self, environ: WSGIEnvironment, server: UploadServer) -> str:
@@ -255,33 +276,6 @@ class BITSMiddleware:
         hook = server.directory.identity
         name = hook(environ) if hook is not None else environ.get("REMOTE_USER")
         return str(name) if name else ""
-
-
-def _check_roots(directories: Sequence[UploadDirectory]) -> None:
-    """Roots may nest only as their prefixes do (IIS's nested virtual directories).
-
-    Otherwise clients of the outer directory could write into the inner one's state area, or
-    put a file where the inner one keeps it, and lock that directory out.
-    """
-    real = [(Path(os.path.realpath(d.upload_dir)), d) for d in directories]
-    for outer_root, outer in real:
-        for inner_root, inner in real:
-            if inner is outer or not inner_root.is_relative_to(outer_root):
-                continue
-            below = inner_root.relative_to(outer_root).parts
-            matching_prefix = f"{outer.prefix}{'/'.join(below)}/"
-            if (
-                below
-                and below[0].casefold() != paths.STATE_DIR_NAME.casefold()
-                and inner.prefix == matching_prefix
-            ):
-                continue  # /up/ -> R and /up/private/ -> R/private: every request routes right
-            raise ValueError(
-                f"upload directory {inner.upload_dir} (prefix {inner.prefix}) lies inside "
-                f"{outer.upload_dir} (prefix {outer.prefix}) while its prefix is not "
-                f"{matching_prefix}: clients of {outer.prefix} could write into its files and "
-                "state; give each upload directory a root of its own"
-            )
 
 
 def _overrides_to_bits(environ: WSGIEnvironment) -> bool:

@@ -1,0 +1,156 @@
+"""The status page in a real headless browser (Debian's chromium and chromium-driver, selenium):
+`bits-wsgi serve --status-path`, an upload from `bits-wsgi upload` over a slow link, and the
+page showing its progress move; then the same over TLS. The screenshot is kept in
+test-artifacts/ (docs/status-page.png is one of them)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..support.tls import Authority
+from .helpers import PROJECT, bits_serve
+
+pytestmark = pytest.mark.integration
+
+MiB = 1024 * 1024
+ARTIFACTS = PROJECT / "test-artifacts"
+
+
+@contextlib.contextmanager
+def browser(*arguments: str) -> Iterator[Any]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs chromium and chromium-driver (.ci/run); they are missing")
+        pytest.skip("Debian's chromium and chromium-driver are not installed here")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,720",
+        *arguments,
+    ):
+        options.add_argument(argument)
+    session = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver))
+    try:
+        yield session
+    finally:
+        session.quit()
+
+
+class SlowLink:
+    """A loopback relay that carries the client's bytes to the server at ``rate`` bytes/s."""
+
+    def __init__(self, upstream: int, rate: int) -> None:
+        self.upstream, self.rate = upstream, rate
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        with client, socket.create_connection(("127.0.0.1", self.upstream)) as server:
+            answers = threading.Thread(target=self._pipe, args=(server, client, False))
+            answers.start()
+            self._pipe(client, server, True)
+            answers.join(60)
+
+    def _pipe(self, source: socket.socket, target: socket.socket, slow: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(16384):
+                target.sendall(data)
+                if slow:
+                    time.sleep(len(data) / self.rate)
+        with contextlib.suppress(OSError):
+            target.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _percent(page: Any) -> float | None:
+    from selenium.webdriver.common.by import By
+
+    cells = page.find_elements(By.CSS_SELECTOR, "tr[data-session] td.percent")
+    if not cells:
+        return None
+    text = cells[0].text.strip().rstrip("%")
+    return float(text) if text.replace(".", "", 1).isdigit() else None
+
+
+def test_the_status_page_shows_an_upload_progressing(tmp_path: Path) -> None:
+    source = tmp_path / "crash.dmp"
+    source.write_bytes(os.urandom(12 * MiB))
+    root = tmp_path / "uploads"
+    with bits_serve(root, tmp_path / "serve.log", "--status-path", "/bits-status/") as server:
+        link = SlowLink(server.port, rate=2 * MiB)
+        command = [sys.executable, "-m", "bits_wsgi", "upload", str(source)]
+        url = f"http://127.0.0.1:{link.port}/dumps/crash.dmp"
+        state = ["--state-file", str(tmp_path / "state.json"), "--quiet"]
+        client = subprocess.Popen([*command, url, *state], stderr=subprocess.PIPE, text=True)
+        try:
+            with browser() as page:
+                page.get(f"http://127.0.0.1:{server.port}/bits-status/")
+                seen: list[float] = []
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and len(set(seen)) < 2:
+                    time.sleep(0.5)  # the page reloads itself every 2 s
+                    percent = _percent(page)
+                    if percent is not None and 0 < percent < 100:
+                        seen.append(percent)
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.save_screenshot(str(ARTIFACTS / "status-page.png"))
+                assert len(set(seen)) >= 2 and seen == sorted(seen), seen  # it moves, forward
+                assert "dumps/crash.dmp" in page.page_source
+            _, errors = client.communicate(timeout=120)
+            assert client.returncode == 0, errors
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                client.kill()
+            link.close()
+    stored = (root / "dumps" / "crash.dmp").read_bytes()
+    assert hashlib.sha256(stored).digest() == hashlib.sha256(source.read_bytes()).digest()
+
+
+def test_the_status_page_over_tls(tmp_path: Path) -> None:
+    ca = Authority(tmp_path)
+    issued = ca.issue("localhost", server=True)
+    tls = ["--certfile", str(issued.certificate), "--keyfile", str(issued.key)]
+    source = tmp_path / "log.txt"
+    source.write_bytes(os.urandom(MiB))
+    with bits_serve(tmp_path / "up", tmp_path / "serve.log", *tls, "--status-path", "/s/") as srv:
+        upload = [sys.executable, "-m", "bits_wsgi", "upload", str(source)]
+        url = f"https://127.0.0.1:{srv.port}/logs/log.txt"
+        options = ["--cacert", str(ca.pem), "--state-file", str(tmp_path / "s.json"), "--quiet"]
+        done = subprocess.run([*upload, url, *options], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        # the browser does not know the test's authority: this test is of the page over TLS
+        with browser("--ignore-certificate-errors") as page:
+            page.get(f"https://127.0.0.1:{srv.port}/s/")
+            assert "logs/log.txt" in page.page_source and "closed" in page.page_source
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.save_screenshot(str(ARTIFACTS / "status-page-tls.png"))
