@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 UPLOAD_DIR ?= ./uploads
+# The operators' live page; without authentication it answers loopback clients only.
+STATUS_PATH ?= /bits-status/
 
 .PHONY: serve test check lint typecheck pytest bench bench-quick clean
 
@@ -22,7 +24,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.serve-installed
 
 serve: $(VENV)/.serve-installed
-	$(BIN)/bits-wsgi serve $(UPLOAD_DIR) --host $(HOST) --port $(PORT)
+	$(BIN)/bits-wsgi serve $(UPLOAD_DIR) --host $(HOST) --port $(PORT) --status-path $(STATUS_PATH)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check bits_wsgi tests examples benchmarks

@@ -1,6 +1,6 @@
 """The status page in a real headless browser (Debian's chromium and chromium-driver, selenium):
-`bits-wsgi serve --status-path`, an upload from `bits-wsgi upload` over a slow link, and the
-page showing its progress move; then the same over TLS. The screenshot is kept in
+the README's `make serve`, an upload from `bits-wsgi upload` over a slow link, and the page
+showing its progress move; then the same on `serve` over TLS. The screenshot is kept in
 test-artifacts/ (docs/status-page.png is one of them)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from ..support.ports import free_port, wait_for_port
 from ..support.tls import Authority
 from .helpers import PROJECT, bits_serve
 
@@ -102,26 +104,61 @@ def _percent(page: Any) -> float | None:
     return float(text) if text.replace(".", "", 1).isdigit() else None
 
 
-def test_the_status_page_shows_an_upload_progressing(tmp_path: Path) -> None:
+def _watch(page: Any, url: str) -> list[float]:
+    """The percents the page shows for the upload in progress, until it has shown two."""
+    page.get(url)
+    seen: list[float] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(set(seen)) < 2:
+        time.sleep(0.5)  # the page reloads itself every 2 s
+        percent = _percent(page)
+        if percent is not None and 0 < percent < 100:
+            seen.append(percent)
+    return seen
+
+
+def _slow_upload(source: Path, url: str, state: Path, *options: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "bits_wsgi", "upload", str(source), url]
+    return subprocess.Popen(
+        [*command, "--state-file", str(state), "--quiet", *options],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@contextlib.contextmanager
+def make_serve(upload_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """The README's `make serve`, on a free port, stopped by its process group."""
+    log = upload_dir.parent / "make-serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            ["make", "serve", f"PORT={port}", f"UPLOAD_DIR={upload_dir}"],
+            cwd=PROJECT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_port(port, process, timeout=300)  # make may install the [serve] extra first
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(90)
+
+
+def test_make_serve_then_a_browser_sees_an_upload_progress(tmp_path: Path) -> None:
     source = tmp_path / "crash.dmp"
     source.write_bytes(os.urandom(12 * MiB))
     root = tmp_path / "uploads"
-    with bits_serve(root, tmp_path / "serve.log", "--status-path", "/bits-status/") as server:
-        link = SlowLink(server.port, rate=2 * MiB)
-        command = [sys.executable, "-m", "bits_wsgi", "upload", str(source)]
+    port = free_port()
+    with make_serve(root, port):
+        link = SlowLink(port, rate=2 * MiB)
         url = f"http://127.0.0.1:{link.port}/dumps/crash.dmp"
-        state = ["--state-file", str(tmp_path / "state.json"), "--quiet"]
-        client = subprocess.Popen([*command, url, *state], stderr=subprocess.PIPE, text=True)
+        client = _slow_upload(source, url, tmp_path / "state.json")
         try:
             with browser() as page:
-                page.get(f"http://127.0.0.1:{server.port}/bits-status/")
-                seen: list[float] = []
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline and len(set(seen)) < 2:
-                    time.sleep(0.5)  # the page reloads itself every 2 s
-                    percent = _percent(page)
-                    if percent is not None and 0 < percent < 100:
-                        seen.append(percent)
+                seen = _watch(page, f"http://127.0.0.1:{port}/bits-status/")
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.save_screenshot(str(ARTIFACTS / "status-page.png"))
                 assert len(set(seen)) >= 2 and seen == sorted(seen), seen  # it moves, forward
@@ -136,21 +173,28 @@ def test_the_status_page_shows_an_upload_progressing(tmp_path: Path) -> None:
     assert hashlib.sha256(stored).digest() == hashlib.sha256(source.read_bytes()).digest()
 
 
-def test_the_status_page_over_tls(tmp_path: Path) -> None:
+def test_the_status_page_over_tls_sees_an_upload_progress(tmp_path: Path) -> None:
     ca = Authority(tmp_path)
     issued = ca.issue("localhost", server=True)
     tls = ["--certfile", str(issued.certificate), "--keyfile", str(issued.key)]
-    source = tmp_path / "log.txt"
-    source.write_bytes(os.urandom(MiB))
-    with bits_serve(tmp_path / "up", tmp_path / "serve.log", *tls, "--status-path", "/s/") as srv:
-        upload = [sys.executable, "-m", "bits_wsgi", "upload", str(source)]
-        url = f"https://127.0.0.1:{srv.port}/logs/log.txt"
-        options = ["--cacert", str(ca.pem), "--state-file", str(tmp_path / "s.json"), "--quiet"]
-        done = subprocess.run([*upload, url, *options], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        # the browser does not know the test's authority: this test is of the page over TLS
-        with browser("--ignore-certificate-errors") as page:
-            page.get(f"https://127.0.0.1:{srv.port}/s/")
-            assert "logs/log.txt" in page.page_source and "closed" in page.page_source
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.save_screenshot(str(ARTIFACTS / "status-page-tls.png"))
+    source = tmp_path / "log.bin"
+    source.write_bytes(os.urandom(12 * MiB))
+    root = tmp_path / "up"
+    with bits_serve(root, tmp_path / "serve.log", *tls, "--status-path", "/s/") as server:
+        link = SlowLink(server.port, rate=2 * MiB)  # TLS passes through it untouched
+        url = f"https://127.0.0.1:{link.port}/logs/log.bin"
+        client = _slow_upload(source, url, tmp_path / "s.json", "--cacert", str(ca.pem))
+        try:
+            # the browser does not know the test's authority: this test is of the page over TLS
+            with browser("--ignore-certificate-errors") as page:
+                seen = _watch(page, f"https://127.0.0.1:{server.port}/s/")
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.save_screenshot(str(ARTIFACTS / "status-page-tls.png"))
+                assert len(set(seen)) >= 2 and seen == sorted(seen), seen
+            _, errors = client.communicate(timeout=120)
+            assert client.returncode == 0, errors
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                client.kill()
+            link.close()
+    assert (root / "logs" / "log.bin").read_bytes() == source.read_bytes()

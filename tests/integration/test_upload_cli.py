@@ -167,3 +167,26 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path: Path) -> None
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     assert hashlib.sha256((root / "incoming" / "big.bin").read_bytes()).hexdigest() == digest
     assert not state.exists()
+
+
+def test_an_error_is_one_line_in_words_on_a_terminal(tmp_path: Path) -> None:
+    source = tmp_path / "report.pdf"
+    source.write_bytes(os.urandom(10_000))
+    root = tmp_path / "root"
+    (root / "reports").mkdir(parents=True)
+    (root / "reports" / "report.pdf").write_bytes(b"already here")
+    with bits_serve(root, tmp_path / "server.log") as server:
+        url = f"http://127.0.0.1:{server.port}/reports/report.pdf"
+        client, primary = _upload_on_a_terminal(source, url, tmp_path / "state.json")
+        output = bytearray()
+        reader = _read_terminal(primary, output)
+        client.communicate(timeout=60)
+        reader.join(30)
+        os.close(primary)
+    text = bytes(output).decode(errors="replace").strip()
+    assert client.returncode == 1
+    assert text == (
+        "bits-wsgi: upload failed: Create-Session refused: 403 0x80070005 (E_ACCESSDENIED): "
+        "the destination exists and the server does not overwrite"
+    )
+    assert not (tmp_path / "state.json").exists()
