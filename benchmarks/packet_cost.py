@@ -36,6 +36,8 @@ from bits_wsgi.protocol import PROTOCOL_GUID, Ack, parse
 from bits_wsgi.server import RequestInfo
 from bits_wsgi.wsgi.body import BodyReader
 
+from .inprocess import environ as wsgi_environ
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
@@ -117,20 +119,7 @@ def wsgi_uploads(
         answer.update(headers, status=status)
 
     def post(path: str, body: bytes = b"", **headers: str) -> None:
-        environ = {
-            "REQUEST_METHOD": "BITS_POST",
-            "PATH_INFO": path,
-            "SCRIPT_NAME": "",
-            "QUERY_STRING": "",
-            "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "80",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(body),
-            "CONTENT_LENGTH": str(len(body)),
-            "HTTP_HOST": "127.0.0.1",
-            **{f"HTTP_{name.upper()}": value for name, value in headers.items()},
-        }
+        environ = wsgi_environ("BITS_POST", path, body, **headers)
         for _ in app(environ, start_response):  # type: ignore[arg-type]
             pass
         assert answer["status"].startswith("200"), answer

@@ -221,3 +221,20 @@ class RawBits:
             assert response.status in (200, 416), (response.status, response.headers)
             offset = int(response.headers["BITS-Received-Content-Range"])
         return offset
+
+
+@contextlib.contextmanager
+def background(command: Sequence[str], cwd: Path, port: int, log: Path) -> Iterator[None]:
+    """A server command (``make serve``, the installed ``bits-wsgi serve``) in its own process
+    group until ``port`` answers, stopped with SIGTERM to that group afterwards."""
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            list(command), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_for_port(port, process, timeout=300)  # make may install the [serve] extra first
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(90)

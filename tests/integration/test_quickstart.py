@@ -4,17 +4,14 @@ like the clone (the Makefile, the package and its virtual environment), on a fre
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ..support.ports import free_port, wait_for_port
-from .helpers import PROJECT
+from ..support.ports import free_port
+from .helpers import PROJECT, background
 
 pytestmark = pytest.mark.integration
 
@@ -30,21 +27,6 @@ def quickstart_lines() -> list[str]:
             if command:
                 lines.append(command)
     return lines
-
-
-@contextlib.contextmanager
-def background(command: list[str], cwd: Path, port: int, log: Path) -> Iterator[None]:
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        wait_for_port(port, process, timeout=300)
-        yield
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(90)
 
 
 def test_the_quickstart_as_written(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from ..support.ports import free_port, wait_for_port
+from ..support.ports import free_port
 from ..support.tls import Authority
-from .helpers import PROJECT, bits_serve
+from .helpers import PROJECT, background, bits_serve
 
 pytestmark = pytest.mark.integration
 
@@ -126,25 +125,10 @@ def _slow_upload(source: Path, url: str, state: Path, *options: str) -> subproce
     )
 
 
-@contextlib.contextmanager
-def make_serve(upload_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """The README's `make serve`, on a free port, stopped by its process group."""
-    log = upload_dir.parent / "make-serve.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            ["make", "serve", f"PORT={port}", f"UPLOAD_DIR={upload_dir}"],
-            cwd=PROJECT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_for_port(port, process, timeout=300)  # make may install the [serve] extra first
-        yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(90)
+def make_serve(upload_dir: Path, port: int) -> contextlib.AbstractContextManager[None]:
+    """The README's `make serve`, on a free port."""
+    command = ["make", "serve", f"PORT={port}", f"UPLOAD_DIR={upload_dir}"]
+    return background(command, PROJECT, port, upload_dir.parent / "make-serve.log")
 
 
 def test_make_serve_then_a_browser_sees_an_upload_progress(tmp_path: Path) -> None:

@@ -52,19 +52,7 @@ def test_200_mb_upload_survives_a_server_crash(tmp_path: Path) -> None:
         )
         os.close(replica)
         output = bytearray()
-
-        def drain() -> None:  # a full terminal buffer would block the client
-            while True:
-                try:
-                    chunk = os.read(primary, 65536)
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                output.extend(chunk)
-
-        reader = threading.Thread(target=drain, daemon=True)
-        reader.start()
+        reader = _read_terminal(primary, output)
         # let it get some way, then kill the whole server
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
