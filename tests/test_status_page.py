@@ -104,3 +104,28 @@ def test_other_paths_and_methods_pass_through(upload_dir: Path) -> None:
     page = webtest.TestApp(make(upload_dir))
     assert page.get("/elsewhere", extra_environ=LOOPBACK).text.startswith("app GET")
     assert page.post("/bits-status/", extra_environ=LOOPBACK, status=405).status_int == 405
+
+
+def test_a_farm_page_shows_every_hosts_sessions(tmp_path: Path, redis_url: str) -> None:
+    """Two hosts sharing one Redis backend: a session created through one is on the other's
+    page, with its bytes."""
+    import uuid
+
+    from bits_wsgi.backends.redis import RedisBackend
+
+    prefix = f"t{uuid.uuid4().hex}"
+
+    def host() -> BITSMiddleware:
+        backend = RedisBackend(tmp_path / "shared", url=redis_url, prefix=prefix)
+        return make(tmp_path / "uploads", backend=backend)
+
+    first, second = host(), host()
+    client = BitsClient(first, path="/dumps/farm.dmp", user="HOST42")
+    client.create()
+    client.fragment(b"x" * 300, 0, 600)
+    page = webtest.TestApp(second).get(
+        "/bits-status/", headers={"Accept": "application/json"}, extra_environ=LOOPBACK
+    )
+    (session,) = page.json["directories"][0]["in_progress"]
+    assert (session["identity"], session["destination"]) == ("HOST42", "dumps/farm.dmp")
+    assert (session["received"], session["percent"]) == (300, 50.0)
