@@ -115,17 +115,21 @@ def test_a_farm_page_shows_every_hosts_sessions(tmp_path: Path, redis_url: str) 
 
     prefix = f"t{uuid.uuid4().hex}"
 
-    def host() -> BITSMiddleware:
-        backend = RedisBackend(tmp_path / "shared", url=redis_url, prefix=prefix)
-        return make(tmp_path / "uploads", backend=backend)
-
-    first, second = host(), host()
-    client = BitsClient(first, path="/dumps/farm.dmp", user="HOST42")
-    client.create()
-    client.fragment(b"x" * 300, 0, 600)
-    page = webtest.TestApp(second).get(
-        "/bits-status/", headers={"Accept": "application/json"}, extra_environ=LOOPBACK
-    )
+    backends = [RedisBackend(tmp_path / "shared", url=redis_url, prefix=prefix) for _ in "ab"]
+    first, second = (make(tmp_path / "uploads", backend=backend) for backend in backends)
+    try:
+        client = BitsClient(first, path="/dumps/farm.dmp", user="HOST42")
+        client.create()
+        client.fragment(b"x" * 300, 0, 600)
+        page = webtest.TestApp(second).get(
+            "/bits-status/", headers={"Accept": "application/json"}, extra_environ=LOOPBACK
+        )
+    finally:
+        for host in (first, second):
+            for server in host.servers:
+                server.close()
+        for backend in backends:
+            backend.client.close()  # the hosts' connections to redis-server
     (session,) = page.json["directories"][0]["in_progress"]
     assert (session["identity"], session["destination"]) == ("HOST42", "dumps/farm.dmp")
     assert (session["received"], session["percent"]) == (300, 50.0)
