@@ -151,11 +151,16 @@ class TLSChannel(DeadlineChannel):
                 return
 
     def handle_write(self) -> None:
-        if self._handshake():
+        if not self._handshaken and self.will_close:
+            self.handle_close()  # dropped before its handshake: nothing to flush
+        elif self._handshake():
             super().handle_write()
 
     def writable(self) -> bool:
-        return bool(self._wants_write or (self._handshaken and super().writable()))
+        # will_close too: a drop is carried out by handle_write, also before the handshake
+        return bool(
+            self._wants_write or self.will_close or (self._handshaken and super().writable())
+        )
 
     def send(self, data: bytes, do_close: bool = True) -> int:
         try:

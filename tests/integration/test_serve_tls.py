@@ -120,3 +120,33 @@ def test_a_client_certificate_is_the_identity_that_owns_the_session(
     assert (root / "dump.bin").read_bytes() == source.read_bytes()
     assert [record["owner"] for record in records(root)] == ["HOST42"]
     assert "client certificates from" in log
+
+
+def test_a_connection_that_never_completes_its_handshake_is_dropped(tmp_path: Path) -> None:
+    """§9.3 on a TLS port: a connection that sends no ClientHello holds a socket until the head
+    timeout, not until the idle timeout (120 s), and others are served meanwhile."""
+    import socket
+    import time
+
+    from bits_wsgi.cli._waitress import HEAD_TIMEOUT, IDLE_TIMEOUT
+
+    assert HEAD_TIMEOUT + 10 < IDLE_TIMEOUT  # so the timing below tells the two apart
+    ca = Authority(tmp_path)
+    issued = ca.issue("localhost", server=True)
+    tls = ["--certfile", str(issued.certificate), "--keyfile", str(issued.key)]
+    source = tmp_path / "f.bin"
+    source.write_bytes(os.urandom(100_000))
+    log = tmp_path / "serve.log"
+    with bits_serve(tmp_path / "up", log, *tls, "--workers", "1") as server:
+        silent = socket.create_connection(("127.0.0.1", server.port))
+        began = time.monotonic()
+        url = f"https://127.0.0.1:{server.port}/f.bin"
+        done = _upload(source, url, tmp_path, "--cacert", str(ca.pem))
+        assert done.returncode == 0, done.stderr
+        silent.settimeout(HEAD_TIMEOUT + 10)
+        try:
+            assert silent.recv(1) == b""  # closed by the server (a timeout would raise)
+        finally:
+            silent.close()
+        assert time.monotonic() - began < HEAD_TIMEOUT + 10
+    assert "TLS handshake incomplete" in log.read_text()
