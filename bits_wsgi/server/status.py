@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..backends import Backend
 from ..config import UploadDirectory
@@ -82,7 +82,6 @@ class Snapshot:
     backend_error: str | None
     truncated: bool
     unreadable: int = 0
-    notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
         return {

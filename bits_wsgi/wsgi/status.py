@@ -132,11 +132,14 @@ def _plain(start_response: StartResponse, status: str, text: str) -> list[bytes]
 def _size(count: int | None) -> str:
     if count is None:
         return "?"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if count < 1024 or unit == "TiB":
-            return f"{count:,.0f} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
-        count = count / 1024  # type: ignore[assignment]
-    raise AssertionError("unreachable")
+    if count < 1024:
+        return f"{count:,} B"
+    size = float(count)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024:
+            return f"{size:,.1f} {unit}"
+    return f"{size / 1024:,.1f} TiB"
 
 
 def _ago(seconds: float) -> str:
