@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bits_wsgi.backends import Backend, ComposedBackend, FilesystemBackend, MemoryBackend
+from bits_wsgi.backends import Backend, FilesystemBackend, MemoryBackend
 from bits_wsgi.backends.base import BlobStore, Locker, RecordStore
 from bits_wsgi.backends.files import DirectoryStore
 from bits_wsgi.backends.filesystem import FileRecords, FlockLocker
@@ -24,6 +24,7 @@ from bits_wsgi.testing import (
 )
 
 from ..support.s3 import new_bucket, s3_client
+from .test_layout_upgrade import first_layout
 
 # -- the parts -------------------------------------------------------------------------------
 
@@ -153,13 +154,7 @@ class TestFirstLayoutBackend(BackendContract):
     session (still read at start-up, see test_layout_upgrade.py)."""
 
     def make_backend(self, root: Path) -> Backend:
-        state = root / "BITS-Sessions"
-        records = FileRecords(state)
-        return ComposedBackend(
-            records=records,
-            blobs=DirectoryStore(state),
-            locker=FlockLocker(state / "Locks", records.exists),
-        )
+        return first_layout(root)
 
 
 class TestMemoryBackend(BackendContract):

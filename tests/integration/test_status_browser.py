@@ -131,28 +131,52 @@ def make_serve(upload_dir: Path, port: int) -> contextlib.AbstractContextManager
     return background(command, PROJECT, port, upload_dir.parent / "make-serve.log")
 
 
+def _upload_while_watching(
+    source: Path,
+    server_port: int,
+    upload_url: str,
+    page_url: str,
+    screenshot: str,
+    *,
+    browser_arguments: tuple[str, ...] = (),
+    upload_options: tuple[str, ...] = (),
+) -> str:
+    """Upload ``source`` through a 2 MiB/s relay to ``server_port`` while a browser watches
+    ``page_url``; assert the page's percent moved forward and the upload succeeded; return the
+    page as the browser last saw it."""
+    link = SlowLink(server_port, rate=2 * MiB)
+    state = source.with_name(source.name + ".state.json")
+    client = _slow_upload(source, upload_url.format(port=link.port), state, *upload_options)
+    try:
+        with browser(*browser_arguments) as page:
+            seen = _watch(page, page_url)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.save_screenshot(str(ARTIFACTS / screenshot))
+            assert len(set(seen)) >= 2 and seen == sorted(seen), seen  # it moves, forward
+            shown: str = page.page_source
+        _, errors = client.communicate(timeout=120)
+        assert client.returncode == 0, errors
+        return shown
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            client.kill()
+        link.close()
+
+
 def test_make_serve_then_a_browser_sees_an_upload_progress(tmp_path: Path) -> None:
     source = tmp_path / "crash.dmp"
     source.write_bytes(os.urandom(12 * MiB))
     root = tmp_path / "uploads"
     port = free_port()
     with make_serve(root, port):
-        link = SlowLink(port, rate=2 * MiB)
-        url = f"http://127.0.0.1:{link.port}/dumps/crash.dmp"
-        client = _slow_upload(source, url, tmp_path / "state.json")
-        try:
-            with browser() as page:
-                seen = _watch(page, f"http://127.0.0.1:{port}/bits-status/")
-                ARTIFACTS.mkdir(exist_ok=True)
-                page.save_screenshot(str(ARTIFACTS / "status-page.png"))
-                assert len(set(seen)) >= 2 and seen == sorted(seen), seen  # it moves, forward
-                assert "dumps/crash.dmp" in page.page_source
-            _, errors = client.communicate(timeout=120)
-            assert client.returncode == 0, errors
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                client.kill()
-            link.close()
+        shown = _upload_while_watching(
+            source,
+            port,
+            "http://127.0.0.1:{port}/dumps/crash.dmp",
+            f"http://127.0.0.1:{port}/bits-status/",
+            "status-page.png",
+        )
+    assert "dumps/crash.dmp" in shown
     stored = (root / "dumps" / "crash.dmp").read_bytes()
     assert hashlib.sha256(stored).digest() == hashlib.sha256(source.read_bytes()).digest()
 
@@ -165,20 +189,15 @@ def test_the_status_page_over_tls_sees_an_upload_progress(tmp_path: Path) -> Non
     source.write_bytes(os.urandom(12 * MiB))
     root = tmp_path / "up"
     with bits_serve(root, tmp_path / "serve.log", *tls, "--status-path", "/s/") as server:
-        link = SlowLink(server.port, rate=2 * MiB)  # TLS passes through it untouched
-        url = f"https://127.0.0.1:{link.port}/logs/log.bin"
-        client = _slow_upload(source, url, tmp_path / "s.json", "--cacert", str(ca.pem))
-        try:
-            # the browser does not know the test's authority: this test is of the page over TLS
-            with browser("--ignore-certificate-errors") as page:
-                seen = _watch(page, f"https://127.0.0.1:{server.port}/s/")
-                ARTIFACTS.mkdir(exist_ok=True)
-                page.save_screenshot(str(ARTIFACTS / "status-page-tls.png"))
-                assert len(set(seen)) >= 2 and seen == sorted(seen), seen
-            _, errors = client.communicate(timeout=120)
-            assert client.returncode == 0, errors
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                client.kill()
-            link.close()
+        # TLS passes through the relay untouched; the browser does not know the test's
+        # authority, so it is told to go on: this test is of the page over TLS
+        _upload_while_watching(
+            source,
+            server.port,
+            "https://127.0.0.1:{port}/logs/log.bin",
+            f"https://127.0.0.1:{server.port}/s/",
+            "status-page-tls.png",
+            browser_arguments=("--ignore-certificate-errors",),
+            upload_options=("--cacert", str(ca.pem)),
+        )
     assert (root / "logs" / "log.bin").read_bytes() == source.read_bytes()
