@@ -10,13 +10,14 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bits_wsgi.backends import FilesystemBackend
 from bits_wsgi.backends.filesystem import FileRecords
 from bits_wsgi.errors import CorruptRecord, LockTimeout
-from bits_wsgi.session import encode_record
+from bits_wsgi.session import SessionRecord, encode_record
 from bits_wsgi.testing import SESSION_A, new_record
 
 
@@ -152,3 +153,97 @@ def test_stale_staging_folders_are_swept(tmp_path: Path) -> None:
     assert list(backend.session_ids()) == []
     assert not staging.exists()
     assert fresh.exists()
+
+
+def test_a_forked_child_uses_the_records_while_a_parent_thread_holds_the_connection(
+    tmp_path: Path,
+) -> None:
+    """The process's one connection is taken in turns: a child forked while another thread has
+    its turn must neither wait for that turn forever nor use the parent's connection."""
+    from bits_wsgi.backends.sqlite import SqliteRecords
+
+    records = SqliteRecords(tmp_path / "sessions.sqlite3")
+    records.create(new_record())
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_turn() -> None:
+        with records._connection():
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_the_turn)
+    holder.start()
+    assert held.wait(10)
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            try:
+                record = records.load(SESSION_A)
+                os._exit(0 if record is not None and record.id == SESSION_A else 1)
+            except BaseException:
+                os._exit(2)
+        deadline = time.monotonic() + 30
+        while (waited := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if waited == (0, 0):
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child waited for a turn its parent's thread held")
+        assert os.waitstatus_to_exitcode(waited[1]) == 0
+    finally:
+        release.set()
+        holder.join(10)
+    # the parent's connection still works after the child exited
+    assert records.exists(SESSION_A)
+
+
+def test_threads_share_the_records_without_losing_a_write(tmp_path: Path) -> None:
+    backend = FilesystemBackend(tmp_path)
+    records = [new_record(session_id=f"{n:08X}-0000-4000-8000-000000000000") for n in range(200)]
+    failures: list[BaseException] = []
+
+    def create(chunk: list[SessionRecord]) -> None:
+        try:
+            for record in chunk:
+                backend.create(record)
+                assert backend.load(record.id) is not None
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=create, args=(records[n::8],)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == []
+    assert sorted(FilesystemBackend(tmp_path).session_ids()) == sorted(r.id for r in records)
+
+
+def _open_backend(root: str, start: Any, outcomes: Any) -> None:
+    start.wait(30)
+    try:
+        FilesystemBackend(root)
+        outcomes.put("")
+    except BaseException as exc:  # reported to the parent
+        outcomes.put(repr(exc))
+
+
+def test_workers_starting_together_on_a_new_root_all_start(tmp_path: Path) -> None:
+    """gunicorn's workers open the backend at the same moment; on a new root SQLite's switch to
+    WAL refused the losers at once ("database is locked"), and a worker that fails to boot
+    stops the whole server. Several rounds, as the race is lost only now and then."""
+    context = multiprocessing.get_context("fork")
+    for round_ in range(30):
+        root = tmp_path / str(round_)
+        start, outcomes = context.Event(), context.Queue()
+        workers = [
+            context.Process(target=_open_backend, args=(str(root), start, outcomes))
+            for _ in range(4)
+        ]
+        for worker in workers:
+            worker.start()
+        start.set()
+        failures = [failure for failure in (outcomes.get(timeout=60) for _ in workers) if failure]
+        for worker in workers:
+            worker.join(30)
+        assert failures == [], f"round {round_}: {failures}"
