@@ -71,6 +71,8 @@ class SessionRecord:
     id: str
     owner: str
     destination: str
+    #: The Create-Session's URL, which an upload-reply notification forwards (§7.2); other
+    #: directories keep "" (building it costs every Create and nothing reads it).
     url: str
     state: SessionState
     created: float

@@ -251,12 +251,14 @@ class BITSMiddleware:
     def _request_info(
         self, environ: WSGIEnvironment, server: UploadServer, destination: str, kind: PacketType
     ) -> RequestInfo:
-        """Only what the packet can need: URLs are built for Create and for reply-mode fragments."""
-        replying = server.directory.reply_mode and kind is PacketType.FRAGMENT
+        """Only what the packet can need: URLs are built for reply-mode Creates and fragments."""
+        reply_mode = server.directory.reply_mode
+        replying = reply_mode and kind is PacketType.FRAGMENT
+        creating = reply_mode and kind is PacketType.CREATE_SESSION
         return RequestInfo(
             identity=self._identity(environ, server),
             destination=destination,
-            url=get_current_url(environ) if kind is PacketType.CREATE_SESSION else "",
+            url=get_current_url(environ) if creating else "",
             base_url=get_current_url(environ, root_only=True) if replying else "",
             notification_target=self._notification_target(environ, server) if replying else None,
         )
