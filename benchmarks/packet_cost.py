@@ -6,12 +6,14 @@
 
 Each upload is Create-Session, one 4 KiB Fragment (final: fsync, commit) and Close-Session,
 handed to ``UploadServer.handle`` as the middleware would; ``--size`` and ``--fragment`` make it
-a larger upload in several fragments. ``--store wsgi`` and ``--store wsgi-baseline-commit`` send
-the same packets as WSGI requests, in-process, to ``BITSMiddleware`` and to the conforming
-baseline of ``benchmarks/apps.py``: on a tmpfs (``--dir /dev/shm``) the disk drops out and what
-is left is each side's own code. The stores alternate round by round
-(A B A B ...); the median microseconds per upload of each are printed. Run it under strace to
-count system calls per upload (divide by ``--uploads``; the start-up's own calls are small).
+a larger upload in several fragments. ``--store wsgi``, ``--store wsgi-baseline-commit`` and
+``--store wsgi-baseline-sessions`` send the same packets as WSGI requests, in-process, to
+``BITSMiddleware``, to the conforming baseline of ``benchmarks/apps.py`` and to the durable
+sessions without checks of ``benchmarks/sessions_baseline.py``: on a tmpfs (``--dir
+/dev/shm``) the disk drops out and what is left is each side's own code. The stores alternate
+round by round (A B A B ...); the median microseconds per upload of each are printed. Run it
+under strace to count system calls per upload (divide by ``--uploads``; the start-up's own
+calls are small).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def folders(root: Path) -> Backend:
 
 
 STORES = {"files": files, "folders": folders}
-WSGI = ("wsgi", "wsgi-baseline-commit")
+WSGI = ("wsgi", "wsgi-baseline-commit", "wsgi-baseline-sessions")
 
 
 def handle(server: UploadServer, headers: dict[str, str], path: str, body: bytes = b"") -> Ack:
@@ -99,6 +101,10 @@ def uploads(
 def wsgi_app(name: str, root: Path) -> WSGIApplication:
     if name == "wsgi":
         return BITSMiddleware(not_found, root, session_limit=None)
+    if name == "wsgi-baseline-sessions":
+        from .sessions_baseline import make_app
+
+        return make_app(root)
     from . import apps
 
     apps.ROOT = root  # the baselines write below apps.ROOT

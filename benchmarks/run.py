@@ -116,6 +116,11 @@ def servers(base: Path) -> dict[str, Server]:
             "baseline-commit",
             [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.apps:baseline_commit"],
         ),
+        # Durable sessions with none of the protocol's checks: the floor of the design.
+        "baseline-sessions": server(
+            "baseline-sessions",
+            [gunicorn, *GUNICORN_FLAGS, *bind, "benchmarks.sessions_baseline:app"],
+        ),
         # `bits-wsgi serve` as shipped, and on each engine it offers.
         "serve": server("serve", serve),
         # The durable baselines on serve's engine: serve's ceilings.
