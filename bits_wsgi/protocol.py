@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from werkzeug.datastructures import Headers
-from werkzeug.http import HTTP_STATUS_CODES, parse_content_range_header
+from werkzeug.http import HTTP_STATUS_CODES
 
 from .errors import BITSError, InvalidRequest, LengthRequired, http_error_hresult
 
@@ -249,14 +249,13 @@ def parse_protocol_list(value: str | None) -> tuple[str, ...]:
 
 # D13: the zero-length upload may be written any of these ways.
 _EMPTY_RANGE_SPECS = frozenset({"0--1/0", "*/0", "0-0/0"})
+_RANGE_SPEC = re.compile(r"([0-9]+)-([0-9]+)/([0-9]+)", re.ASCII)
 
 
 def parse_fragment_range(value: str | None) -> FragmentRange:
-    """``bytes F-L/T`` with the strict BITS rules of PROTOCOL.md §4.1 on top of Werkzeug's parser.
-
-    Werkzeug accepts any unit, ``*`` forms and ranges ending past the total, and refuses the
-    empty forms BITS uses for a zero-length file, so those cases are decided here.
-    """
+    """``bytes F-L/T`` with the strict BITS rules of PROTOCOL.md §4.1: stricter than HTTP's
+    ``Content-Range`` (no other unit, no ``*``, ``F <= L < T``) but for the empty forms BITS
+    uses for a zero-length file."""
     if value is None:
         raise InvalidRequest("Fragment without Content-Range")
     parts = value.split()
@@ -265,12 +264,11 @@ def parse_fragment_range(value: str | None) -> FragmentRange:
     spec = parts[1]
     if spec in _EMPTY_RANGE_SPECS:
         return FragmentRange(0, -1, 0)
-    if not re.fullmatch(r"[0-9]+-[0-9]+/[0-9]+", spec, re.ASCII):
+    match = _RANGE_SPEC.fullmatch(spec)
+    if match is None:
         raise InvalidRequest(f"invalid Content-Range {value!r}")
-    parsed = parse_content_range_header(f"bytes {spec}")
-    if parsed is None or parsed.start is None or parsed.stop is None or parsed.length is None:
-        raise InvalidRequest(f"invalid Content-Range {value!r}")
-    return FragmentRange(parsed.start, parsed.stop - 1, parsed.length)
+    first, last, total = map(int, match.groups())
+    return FragmentRange(first, last, total)
 
 
 # -- Acks ------------------------------------------------------------------------------------
@@ -316,14 +314,19 @@ class Ack:
         return f"{self.status} {HTTP_STATUS_CODES.get(self.status, 'Unknown')}"
 
     def headers(
-        self, error_header_names: Iterable[str] = DEFAULT_ERROR_HEADERS
+        self,
+        error_header_names: Iterable[str] = DEFAULT_ERROR_HEADERS,
+        *,
+        session_id: str | None = None,
     ) -> list[tuple[str, str]]:
-        """The response headers, in the order IIS sends them where it sends them."""
+        """The response headers, in the order IIS sends them where it sends them;
+        ``session_id`` is sent if the Ack has none of its own (the request's, echoed: D5)."""
         out = [("BITS-Packet-Type", "Ack")]
         if self.protocol is not None:
             out.append(("BITS-Protocol", self.protocol))
-        if self.session_id is not None:
-            out.append(("BITS-Session-Id", self.session_id))
+        session_id = self.session_id if self.session_id is not None else session_id
+        if session_id is not None:
+            out.append(("BITS-Session-Id", session_id))
         if self.host_id is not None:
             out.append(("BITS-Host-Id", self.host_id))
             if self.host_id_fallback_timeout is not None:

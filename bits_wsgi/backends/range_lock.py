@@ -68,7 +68,8 @@ class RangeLocker:
                     return None
                 return True
 
-            retry_until(deadline, attempt)
+            if attempt() is None:  # held: wait (a session's packets rarely meet)
+                retry_until(deadline, attempt)
             yield
         finally:
             os.close(fd)  # the lock goes with the open file description

@@ -31,7 +31,6 @@ import logging
 import os
 import time
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin
@@ -225,13 +224,15 @@ class BITSMiddleware:
         finally:
             if body is not None and server is not None:
                 body.discard(server.directory.discard_limit)
-        ack = _echo_session_id(ack, envelope, headers)
+        echo = _echoed_session_id(ack, envelope, headers)
         error_headers = server.directory.error_headers if server else DEFAULT_ERROR_HEADERS
-        start_response(ack.status_line, ack.headers(error_headers))
+        start_response(ack.status_line, ack.headers(error_headers, session_id=echo))
         if self.metrics is not None or self.status is not None or log.isEnabledFor(logging.INFO):
             if not identity:
                 identity = str(environ.get("REMOTE_USER") or "")
-            record = _packet_record(environ, envelope, headers, ack, destination, identity, started)
+            record = _packet_record(
+                environ, envelope, headers, ack, destination, identity, started, echo
+            )
             record.log()
             if self.metrics is not None:
                 self.metrics.observe_packet(record)
@@ -284,25 +285,25 @@ def _overrides_to_bits(environ: WSGIEnvironment) -> bool:
     return str(environ.get(METHOD_OVERRIDE_KEY, "")).strip().upper() == BITS_METHOD
 
 
-def _echo_session_id(ack: Ack, envelope: Envelope | None, headers: EnvironHeaders) -> Ack:
+def _echoed_session_id(ack: Ack, envelope: Envelope | None, headers: EnvironHeaders) -> str | None:
     """D5: Fragment, Close and Cancel Acks echo the request's session id, errors included:
     also when the envelope itself was refused (a gzip body, a Close with a body), so the packet
-    type is read from its header when there is no envelope."""
+    type is read from its header when there is no envelope. None if the Ack names its own."""
     if ack.session_id is not None:
-        return ack
+        return None
     if envelope is not None:
         packet_type = envelope.packet_type
     else:
         try:
             packet_type = PacketType.parse(headers.get("BITS-Packet-Type"))
         except BITSError:
-            return ack
+            return None
     if not packet_type.carries_session_id:
-        return ack
+        return None
     raw = headers.get("BITS-Session-Id")
     if not raw or len(raw) > MAX_HEADER_VALUE or not (raw.isascii() and raw.isprintable()):
-        return ack
-    return replace(ack, session_id=raw)
+        return None
+    return raw
 
 
 def _packet_record(
@@ -313,10 +314,11 @@ def _packet_record(
     destination: str,
     identity: str,
     started: float,
+    echoed_session_id: str | None,
 ) -> PacketRecord:
     return PacketRecord(
         remote=str(environ.get("REMOTE_ADDR") or ""),
-        session=ack.session_id or headers.get("BITS-Session-Id", ""),
+        session=ack.session_id or echoed_session_id or headers.get("BITS-Session-Id", ""),
         identity=identity,
         packet=envelope.packet_type.value if envelope else headers.get("BITS-Packet-Type", ""),
         range=headers.get("Content-Range", ""),
