@@ -11,7 +11,8 @@ events, no log): what is left is the price of the sessions themselves.
   process, the project's schema and statements), an empty data file.
 - Fragment: the session's byte-range lock, its row read, the bytes written at their offset;
   with the last byte the data fsynced, linked to the destination and its folder fsynced
-  (``baseline_commit``'s commit); the row updated.
+  (``baseline_commit``'s commit) and the row updated (before it, the offset is the data's
+  length, as in the project, so other fragments write no row).
 - Close-Session: the lock, the row read, the row made a tombstone, the data file removed.
 
 Run it as ``gunicorn benchmarks.sessions_baseline:app`` with ``$BENCH_ROOT`` set (the
@@ -124,8 +125,9 @@ class Sessions:
                     self.publish(session, record["destination"])
             finally:
                 os.close(fd)
-            record["received"] = offset
-            self.save(session, record)
+            if offset == total:  # before, the offset is the data's length, as the project's
+                record["received"] = offset
+                self.save(session, record)
         return offset
 
     def publish(self, session: str, destination: str) -> None:
