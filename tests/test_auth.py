@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,27 @@ def test_bits_without_credentials_gets_a_401_ack_with_a_challenge(upload_dir: Pa
     assert not (upload_dir / "BITS-Sessions" / "Requests").exists() or not list(
         (upload_dir / "BITS-Sessions" / "Requests").iterdir()
     )
+
+
+@pytest.mark.parametrize(("size", "read"), [(5000, 5000), (64 * 1024, 64 * 1024), (70_000, 0)])
+def test_a_refused_body_is_read_up_to_the_discard_limit(
+    upload_dir: Path, size: int, read: int
+) -> None:
+    """So that the connection stays usable for the credentials that follow: gunicorn drops a
+    keep-alive connection whose last body went unread, without saying so. A larger body is
+    left to the server to refuse (PROTOCOL.md §9.3)."""
+    body = io.BytesIO(b"x" * size)
+    environ = {
+        "REQUEST_METHOD": "BITS_POST",
+        "PATH_INFO": "/up/f.bin",
+        "HTTP_BITS_PACKET_TYPE": "Fragment",
+        "CONTENT_LENGTH": str(size),
+        "wsgi.input": body,
+    }
+    statuses: list[str] = []
+    make(upload_dir)(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    assert statuses[0].startswith("401")
+    assert body.tell() == read
 
 
 def test_authentication_comes_before_the_upload_directory_check(upload_dir: Path) -> None:

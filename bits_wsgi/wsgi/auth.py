@@ -30,6 +30,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from ..errors import AuthenticationRequired
 from ..protocol import BITS_METHOD, DEFAULT_ERROR_HEADERS, Ack
+from .body import DISCARD_LIMIT, BodyReader
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -74,22 +75,7 @@ class BasicAuth:
         if user is not None:
             environ["REMOTE_USER"] = user
             return self.app(environ, start_response)
-        if _is_bits(environ):
-            ack = replace(
-                Ack.from_error(AuthenticationRequired()), extra_headers=(self._challenge,)
-            )
-            start_response(ack.status_line, ack.headers(self._error_headers))
-            return []
-        body = b"Authentication required.\n"
-        start_response(
-            "401 Unauthorized",
-            [
-                ("Content-Type", "text/plain; charset=utf-8"),
-                ("Content-Length", str(len(body))),
-                self._challenge,
-            ],
-        )
-        return [body]
+        return unauthorized(environ, start_response, self._challenge, self._error_headers)
 
     def _authenticate(self, header: str | None) -> str | None:
         credentials = Authorization.from_header(header)
@@ -148,6 +134,37 @@ def read_users_file(path: str) -> dict[str, str]:
     if not users:
         raise ValueError(f"{path}: no users")
     return users
+
+
+def unauthorized(
+    environ: WSGIEnvironment,
+    start_response: StartResponse,
+    challenge: tuple[str, str],
+    error_headers: tuple[str, ...] = DEFAULT_ERROR_HEADERS,
+) -> Iterable[bytes]:
+    """A 401 with ``challenge`` (a ``WWW-Authenticate`` header): a BITS Ack for a BITS request,
+    which Windows answers with credentials, a short text for any other.
+
+    A body up to ``DISCARD_LIMIT`` is read first, so that the connection stays usable for the
+    credentials that follow (a server may drop a connection whose last body went unread; gunicorn
+    does, without saying so); a larger one is left for the server to refuse (PROTOCOL.md §9.3)."""
+    length = str(environ.get("CONTENT_LENGTH") or "0").strip()
+    if length.isdigit() and 0 < int(length) <= DISCARD_LIMIT and "wsgi.input" in environ:
+        BodyReader(environ["wsgi.input"].read, int(length)).discard(DISCARD_LIMIT)
+    if _is_bits(environ):
+        ack = replace(Ack.from_error(AuthenticationRequired()), extra_headers=(challenge,))
+        start_response(ack.status_line, ack.headers(error_headers))
+        return []
+    body = b"Authentication required.\n"
+    start_response(
+        "401 Unauthorized",
+        [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            challenge,
+        ],
+    )
+    return [body]
 
 
 def _digest(password: bytes) -> bytes:
