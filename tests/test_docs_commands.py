@@ -55,6 +55,19 @@ EXERCISED: list[tuple[str, str]] = [
         "tests/integration/test_serve_tls.py::test_an_upload_over_tls_arrives_byte_identical",
     ),
     (
+        r"bits-wsgi serve /srv/uploads --host 0\.0\.0\.0 --auth negotiate --keytab \S+ "
+        r"--machine-names",
+        "tests/integration/test_negotiate.py::test_ntlm_and_kerberos_give_a_machine_one_identity",
+    ),
+    (
+        r"bits-wsgi upload --negotiate .*",
+        "tests/integration/test_negotiate.py::test_the_linux_client_uploads_with_its_kerberos_ticket",
+    ),
+    (
+        r'kadmin\.local -q "(addprinc -randkey|ktadd -k \S+) HTTP/bits\.example\.com"',
+        f"{NOT_RUNNABLE}: needs the realm's own KDC; tests/support/kerberos.py does the same",
+    ),
+    (
         r"curl -sS -X BITS_POST .*",
         "tests/integration/test_curl_recipe.py::test_the_curl_recipe_uploads_packet_by_packet",
     ),

@@ -12,13 +12,13 @@ import importlib
 import importlib.metadata
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, cast
 
 from ..client import DEFAULT_FRAGMENT
 from ..config import DEFAULT_SESSION_TIMEOUT
-from ..wsgi.auth import BasicAuth, read_users_file
 from ..wsgi.middleware import BITSMiddleware
+from .auth import add_auth_arguments, with_authentication
 from .options import add_backend_arguments, add_directory_options, build_backend, directory_from
 
 if TYPE_CHECKING:
@@ -126,21 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a WSGI application to serve behind the uploads (default: a page at / saying what "
         "this server is, 404 for everything else)",
     )
-    serve.add_argument(
-        "--user",
-        action="append",
-        default=[],
-        metavar="NAME:PASSWORD",
-        help="enable HTTP Basic authentication (repeatable); the password shows in `ps`: "
-        "prefer --users-file; use TLS in front (default: none, no authentication)",
-    )
-    serve.add_argument(
-        "--users-file",
-        default=None,
-        metavar="FILE",
-        help="enable HTTP Basic authentication for the NAME:HASH lines of FILE, written by "
-        "`bits-wsgi passwd FILE NAME` (default: none)",
-    )
+    add_auth_arguments(serve)
     serve.add_argument(
         "--server",
         choices=["waitress", "gunicorn", "granian"],
@@ -180,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="NAME:PASSWORD",
         help="HTTP Basic credentials for the server (default: none)",
+    )
+    upload.add_argument(
+        "--negotiate",
+        action="store_true",
+        help="authenticate with Kerberos (your ticket cache, or the keytab in "
+        "KRB5_CLIENT_KTNAME) once per connection, as Windows does; needs bits-wsgi[negotiate] "
+        "(default: off)",
     )
     upload.add_argument(
         "--cacert",
@@ -287,10 +280,7 @@ def build_app(args: argparse.Namespace) -> WSGIApplication:
         status_users=args.status_user,
         status_public=args.status_public,
     )
-    if args.user or args.users_file:
-        hashed = read_users_file(args.users_file) if args.users_file else None
-        app = BasicAuth(app, _parse_users(args.user), hashed=hashed)
-    return app
+    return with_authentication(app, args)
 
 
 def import_app(spec: str) -> WSGIApplication:
@@ -311,13 +301,3 @@ def import_app(spec: str) -> WSGIApplication:
     if not callable(app):
         raise ValueError(f"--app {spec!r} is not a WSGI application")
     return cast("WSGIApplication", app)
-
-
-def _parse_users(values: Sequence[str]) -> dict[str, str]:
-    users: dict[str, str] = {}
-    for value in values:
-        name, sep, password = value.partition(":")
-        if not sep or not name or not password:
-            raise ValueError(f"--user takes NAME:PASSWORD, got {value!r}")
-        users[name] = password
-    return users

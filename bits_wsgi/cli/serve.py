@@ -105,6 +105,8 @@ def banner(args: argparse.Namespace) -> str:
     users = len(args.user) + (len(read_users_file(args.users_file)) if args.users_file else 0)
     if users:
         who = f"Basic authentication ({users} user{'' if users == 1 else 's'})"
+    elif args.auth == "negotiate":
+        who = negotiate_words(args)
     else:
         who = "no authentication: anyone who reaches this port may upload"
     backend = "files" if args.backend is None else f"redis {args.backend}, data in {args.data_dir}"
@@ -113,6 +115,16 @@ def banner(args: argparse.Namespace) -> str:
         f"{os.path.realpath(directory.upload_dir)} (prefix {directory.prefix}); {who}{who_tls}; "
         f"backend: {backend}; {args.server}, {args.workers} workers x {args.threads} threads"
     )
+
+
+def negotiate_words(args: argparse.Namespace) -> str:
+    mechanisms = f"Kerberos ({args.service}, keytab {args.keytab or 'of the system'})"
+    if args.ntlm_users:
+        mechanisms += f" and NTLM (users in {args.ntlm_users})"
+    if args.server == "granian":
+        # granian shows the application no connection: no identity can outlive a request.
+        return f"Negotiate: {mechanisms}, per request (granian: no connection-bound identity)"
+    return f"Negotiate: {mechanisms}, bound to the connection"
 
 
 def _check_address(host: str, port: int) -> None:

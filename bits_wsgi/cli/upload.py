@@ -41,6 +41,7 @@ def upload(args: argparse.Namespace) -> int:
         cafile=args.cacert,
         certfile=args.cert,
         keyfile=args.key,
+        negotiate=args.negotiate,
         notice=None if args.quiet else printer.notice,
     )
     try:

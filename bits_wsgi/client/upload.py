@@ -36,6 +36,7 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 from ..protocol import PROTOCOL_GUID
 from .acks import SESSION_NOT_FOUND, ReceivedAck, is_transient
 from .errors import Transient, UploadError, raise_if_final, tls_context
+from .negotiate import Negotiator
 from .reply import MAX_REPLY_SIZE, ReplyDownload
 from .state import ResumeState
 from .words import in_words, reason
@@ -87,9 +88,13 @@ class UploadClient:
         cafile: str | os.PathLike[str] | None = None,
         certfile: str | os.PathLike[str] | None = None,
         keyfile: str | os.PathLike[str] | None = None,
+        negotiate: bool = False,
+        service: str = "HTTP",
     ) -> None:
         """``cafile``: trust the authorities in it instead of the system's for https;
-        ``certfile`` (and ``keyfile``): the client certificate to present."""
+        ``certfile`` (and ``keyfile``): the client certificate to present; ``negotiate``:
+        authenticate each new connection with Kerberos (the ticket cache, or the keytab of
+        ``KRB5_CLIENT_KTNAME``) for ``service``/host, as Windows does (:mod:`.negotiate`)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
@@ -120,6 +125,9 @@ class UploadClient:
         self.max_reply_size = max_reply_size
         self._tls = tls_context(cafile, certfile, keyfile) if parts.scheme == "https" else None
         self._connection: http.client.HTTPConnection | None = None
+        self._negotiate = Negotiator(service) if negotiate else None
+        if self._negotiate is not None and user is not None:
+            raise ValueError("Negotiate and Basic credentials exclude each other")
         self._host_id: str | None = None
         self._host_id_deadline = 0.0
 
@@ -274,9 +282,15 @@ class UploadClient:
             sent["Authorization"] = self._auth
         delay = self.backoff
         failing_since: float | None = None
+        authenticated_again = False
         for attempt in range(self.retries + 1):
             try:
                 ack = self._request("BITS_POST", sent, body)
+                if ack.status == 401 and self._negotiate is not None and not authenticated_again:
+                    # The server forgot the connection's identity: a new connection, a new Ping.
+                    self._drop_connection()
+                    authenticated_again = True
+                    ack = self._request("BITS_POST", sent, body)
                 if ack.status == 401:
                     raise UploadError(f"authentication failed: {in_words(packet_type, ack)}")
                 if is_transient(packet_type, ack):
@@ -315,12 +329,20 @@ class UploadClient:
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._connection is None:
+            connection: http.client.HTTPConnection
             if self._tls is not None:
-                self._connection = http.client.HTTPSConnection(
+                connection = http.client.HTTPSConnection(
                     self._host, timeout=self.timeout, context=self._tls
                 )
             else:
-                self._connection = http.client.HTTPConnection(self._host, timeout=self.timeout)
+                connection = http.client.HTTPConnection(self._host, timeout=self.timeout)
+            if self._negotiate is not None:
+                try:
+                    self._negotiate.authenticate(connection, self._target)
+                except BaseException:
+                    connection.close()
+                    raise
+            self._connection = connection
         return self._connection
 
     def _drop_connection(self) -> None:
