@@ -176,3 +176,32 @@ def test_every_option_says_what_it_does_and_its_default() -> None:
             if isinstance(action, argparse._HelpAction) or not action.option_strings:
                 continue
             assert action.help and "default" in action.help.lower(), (name, action.option_strings)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--auth", "negotiate", "--user", "a:b"], "exclude each other"),
+        (["--identity-header", "X-Remote-User", "--user", "a:b"], "exclude each other"),
+        (["--identity-header", "X-Remote-User", "--auth", "negotiate"], "exclude each other"),
+        (["--trusted-proxy", "10.0.0.1"], "--trusted-proxy needs --identity-header"),
+        (["--keytab", "/etc/krb5.keytab"], "need --auth negotiate"),
+        (["--identity-header", "X-Remote-User", "--trusted-proxy", "nowhere"], "--trusted-proxy"),
+        (["--auth", "negotiate", "--keytab", "/nonexistent.keytab"], "not a readable file"),
+    ],
+)
+def test_authentication_options_refuse_what_cannot_work(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_app(build_parser().parse_args(["serve", str(tmp_path), *flags]))
+
+
+def test_identity_header_puts_the_trusted_proxy_in_front(tmp_path: Path) -> None:
+    from bits_wsgi.wsgi.proxy_identity import ProxyIdentity
+
+    flags = ["--identity-header", "X-Remote-User", "--trusted-proxy", "10.0.0.0/8"]
+    app = build_app(build_parser().parse_args(["serve", str(tmp_path), *flags]))
+    assert isinstance(app, ProxyIdentity)
+    assert [str(network) for network in app.proxies] == ["10.0.0.0/8"]
+    assert isinstance(app.app, BITSMiddleware)

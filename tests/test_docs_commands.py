@@ -60,6 +60,11 @@ EXERCISED: list[tuple[str, str]] = [
         "tests/integration/test_negotiate.py::test_ntlm_and_kerberos_give_a_machine_one_identity",
     ),
     (
+        r"bits-wsgi serve /srv/uploads --port 8000 --identity-header X-Remote-User",
+        "tests/integration/test_apache_negotiate.py"
+        "::test_apache_authenticates_and_the_server_believes_only_apache",
+    ),
+    (
         r"bits-wsgi upload --negotiate .*",
         "tests/integration/test_negotiate.py::test_the_linux_client_uploads_with_its_kerberos_ticket",
     ),

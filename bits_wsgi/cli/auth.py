@@ -1,5 +1,6 @@
 """``serve``'s authentication options, and the middleware they put in front of the server:
-Basic (``--user``, ``--users-file``) or Negotiate (``--auth negotiate``; docs/authentication.md).
+Basic (``--user``, ``--users-file``), Negotiate (``--auth negotiate``) or the identity an
+authenticating proxy passes (``--identity-header``); docs/authentication.md.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..wsgi.auth import BasicAuth, read_users_file
+from ..wsgi.proxy_identity import ProxyIdentity
+
+#: Where an authenticating proxy in front is by default: this host.
+PROXIES = ("127.0.0.1", "::1")
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -65,12 +70,40 @@ def add_auth_arguments(parser: argparse.ArgumentParser) -> None:
         "HOST$@REALM and DOMAIN\\HOST$ become HOST (default: the principal as given)",
     )
 
+    parser.add_argument(
+        "--identity-header",
+        default=None,
+        metavar="NAME",
+        help="take the identity from this request header, set by an authenticating proxy in "
+        "front (Apache with mod_auth_gssapi: examples/apache-negotiate.conf), believed only "
+        "from --trusted-proxy addresses (default: none)",
+    )
+    parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="with --identity-header, an address or network of the proxy (repeatable; "
+        "default: 127.0.0.1 and ::1)",
+    )
+
 
 def with_authentication(app: WSGIApplication, args: argparse.Namespace) -> WSGIApplication:
     """``app`` behind the authentication the arguments ask for, if any."""
     negotiating = getattr(args, "auth", None) == "negotiate"
-    if negotiating and (args.user or args.users_file):
-        raise ValueError("--auth negotiate and --user/--users-file exclude each other")
+    header = getattr(args, "identity_header", None)
+    chosen = [negotiating, bool(args.user or args.users_file), header is not None]
+    if sum(chosen) > 1:
+        raise ValueError(
+            "--auth negotiate, --user/--users-file and --identity-header exclude each other"
+        )
+    if getattr(args, "trusted_proxy", None) and header is None:
+        raise ValueError("--trusted-proxy needs --identity-header")
+    if header is not None:
+        try:
+            return ProxyIdentity(app, header=header, proxies=args.trusted_proxy or PROXIES)
+        except ValueError as exc:
+            raise ValueError(f"--trusted-proxy: {exc}") from None
     extras = ("keytab", "ntlm_users", "machine_names")
     if not negotiating and any(getattr(args, name, None) for name in extras):
         raise ValueError("--keytab, --ntlm-users and --machine-names need --auth negotiate")

@@ -107,6 +107,9 @@ def banner(args: argparse.Namespace) -> str:
         who = f"Basic authentication ({users} user{'' if users == 1 else 's'})"
     elif args.auth == "negotiate":
         who = negotiate_words(args)
+    elif args.identity_header:
+        proxies = ", ".join(args.trusted_proxy or ("127.0.0.1", "::1"))
+        who = f"the identity in {args.identity_header} from the proxy at {proxies}"
     else:
         who = "no authentication: anyone who reaches this port may upload"
     backend = "files" if args.backend is None else f"redis {args.backend}, data in {args.data_dir}"
