@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING
 from werkzeug.datastructures import Authorization
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from ..config import WINDOWS_MAX_FRAGMENT
 from ..errors import AuthenticationRequired
 from ..protocol import BITS_METHOD, DEFAULT_ERROR_HEADERS, Ack
-from .body import DISCARD_LIMIT, BodyReader
+from .body import BodyReader
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -145,12 +146,14 @@ def unauthorized(
     """A 401 with ``challenge`` (a ``WWW-Authenticate`` header): a BITS Ack for a BITS request,
     which Windows answers with credentials, a short text for any other.
 
-    A body up to ``DISCARD_LIMIT`` is read first, so that the connection stays usable for the
-    credentials that follow (a server may drop a connection whose last body went unread; gunicorn
-    does, without saying so); a larger one is left for the server to refuse (PROTOCOL.md §9.3)."""
+    A body up to the largest fragment Windows sends is read first, as the middleware reads the
+    bodies it does not use (docs/protocol.md, "Unused bodies are drained"): Windows sends the
+    whole fragment before it reads the answer, and a server that closes a connection with body
+    bytes unread (gunicorn does, without a word) loses the 401 and the connection the
+    credentials would follow on. A larger body is left for the server to refuse."""
     length = str(environ.get("CONTENT_LENGTH") or "0").strip()
-    if length.isdigit() and 0 < int(length) <= DISCARD_LIMIT and "wsgi.input" in environ:
-        BodyReader(environ["wsgi.input"].read, int(length)).discard(DISCARD_LIMIT)
+    if length.isdigit() and 0 < int(length) <= WINDOWS_MAX_FRAGMENT and "wsgi.input" in environ:
+        BodyReader(environ["wsgi.input"].read, int(length)).discard(WINDOWS_MAX_FRAGMENT)
     if _is_bits(environ):
         ack = replace(Ack.from_error(AuthenticationRequired()), extra_headers=(challenge,))
         start_response(ack.status_line, ack.headers(error_headers))
