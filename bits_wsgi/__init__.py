@@ -4,7 +4,7 @@ from .backends import Backend, FilesystemBackend, MemoryBackend
 from .config import UploadDirectory
 from .errors import BITSError
 from .server import RequestInfo, UploadServer
-from .wsgi import BasicAuth, BITSMiddleware
+from .wsgi import BasicAuth, BITSMiddleware, NegotiateAuth, ProxyIdentity
 
 __all__ = [
     "BITSError",
@@ -13,6 +13,8 @@ __all__ = [
     "BasicAuth",
     "FilesystemBackend",
     "MemoryBackend",
+    "NegotiateAuth",
+    "ProxyIdentity",
     "RequestInfo",
     "UploadDirectory",
     "UploadServer",
