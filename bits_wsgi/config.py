@@ -66,6 +66,14 @@ class UploadDirectory:
         metavar="N",
         zero_is_none=True,
     )
+    min_free_disk: int | None = _option(
+        None,
+        "free bytes below which new sessions get 503 + Retry-After and running ones go on; "
+        "0 disables",
+        metavar="BYTES",
+        zero_is_none=True,
+        none_shown="no floor",
+    )
     host_id: str | None = _option(
         None, "host name or address clients continue on (farms)", metavar="HOST"
     )
@@ -117,6 +125,8 @@ class UploadDirectory:
             problems.append("session_limit must not be negative")
         if self.max_sessions is not None and self.max_sessions < 0:
             problems.append("max_sessions must not be negative")
+        if self.min_free_disk is not None and self.min_free_disk < 0:
+            problems.append("min_free_disk must not be negative")
         if self.host_id is not None and not 0 < len(self.host_id) <= 300:
             problems.append("host_id must be 1 to 300 characters")
         if self.host_id is not None and any(c.isspace() for c in self.host_id):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import webtest
 
 from bits_wsgi import BITSMiddleware, UploadDirectory, UploadServer
 from bits_wsgi.backends import files as files_module
@@ -98,6 +99,41 @@ def test_a_create_on_a_full_disk_is_500_disk_full(small_disk: Path) -> None:
     assert error_of(client.create()) == DISK_FULL
     filler.unlink()
     assert client.create().status_int == 200
+
+
+def test_below_the_disk_floor_new_sessions_wait_and_running_ones_finish(
+    small_disk: Path,
+) -> None:
+    """min_free_disk: a Create below it gets 503 + Retry-After (Windows retries, PROTOCOL.md
+    §5.2); a session already open uploads into the room that is left, and commits."""
+    uploads = small_disk / "uploads"
+    app = BITSMiddleware(
+        fallback_app, uploads, min_free_disk=1024 * KiB, status_path="/status/", status_public=True
+    )
+    running = BitsClient(app, path="/running.bin")
+    assert running.create().status_int == 200
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\0" * (1200 * KiB))  # leaves less than the floor free
+
+    waiting = BitsClient(app, path="/waiting.bin")
+    refused = waiting.create()
+    assert error_of(refused) == (503, "0x801901F7", "0x5")
+    assert refused.headers["Retry-After"] == "60"
+    # the operators see why (docs/deployment.md, the status page)
+    page = webtest.TestApp(app)
+    status = page.get("/status/", headers={"Accept": "application/json"}).json
+    health = status["directories"][0]["health"]
+    assert health["disk_floor"] == 1024 * KiB and health["below_disk_floor"] is True
+    assert "Floor 1.0 MiB: new sessions wait." in page.get("/status/").text
+    data = os.urandom(300 * KiB)
+    for first in range(0, len(data), 100 * KiB):
+        answer = running.fragment(data[first : first + 100 * KiB], first, len(data))
+        assert answer.status_int == 200
+    assert running.close().status_int == 200
+    assert (uploads / "running.bin").read_bytes() == data
+
+    ballast.unlink()
+    assert waiting.create().status_int == 200
 
 
 class _FillingDisk:

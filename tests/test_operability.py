@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,30 @@ def test_metrics_count_sessions_bytes_416s_errors_and_latency(upload_dir: Path) 
     assert samples["bits_packets_total{packet=Fragment,status=200}"] == 3
     assert samples["bits_fragment_seconds_count{}"] == 5
     assert samples["bits_fragment_seconds_bucket{le=+Inf}"] == 5
+
+
+def test_metrics_show_the_free_disk_and_its_floor(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = BITSMiddleware(
+        fallback_app,
+        upload_dir,
+        metrics=PrometheusMetrics(),
+        metrics_path="/-/metrics",
+        min_free_disk=5_000_000,
+    )
+    samples = _metrics(app)
+    free = shutil.disk_usage(upload_dir).free
+    assert abs(samples["bits_disk_free_bytes{directory=/}"] - free) < 64 * 1024 * 1024
+    assert samples["bits_disk_floor_bytes{directory=/}"] == 5_000_000
+    # in multiprocess mode too, where the counters come from every worker's files
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(upload_dir.parent / "prometheus"))
+    (upload_dir.parent / "prometheus").mkdir()
+    assert _metrics(app)["bits_disk_floor_bytes{directory=/}"] == 5_000_000
+    without = BITSMiddleware(
+        fallback_app, upload_dir, metrics=PrometheusMetrics(), metrics_path="/-/metrics"
+    )
+    assert not [key for key in _metrics(without) if key.startswith("bits_disk_floor")]
 
 
 def test_the_metrics_path_is_the_operators_and_other_paths_pass_through(upload_dir: Path) -> None:

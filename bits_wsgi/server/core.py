@@ -55,6 +55,7 @@ from ..protocol import (
 )
 from ..session import FragmentAction, SessionRecord, SessionState, Trigger, plan_fragment
 from .digest import UploadDigests
+from .disk_floor import DiskFloor
 from .replies import Replies, ReplyUnavailable, RequestInfo
 from .upkeep import SWEEP_INTERVAL, Upkeep
 
@@ -71,6 +72,8 @@ class Body(Protocol):
 
 
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: A session id for asking a blob store where its data files live.
+_ANY_SESSION = "00000000-0000-4000-8000-000000000000"
 
 
 class UploadServer:
@@ -95,6 +98,8 @@ class UploadServer:
             self.replies = Replies(directory, self._files)
         self.events = events if events is not None else Events()
         self.digests = UploadDigests(self._files)
+        data = [self._files.data_path(_ANY_SESSION).parent] if self._files is not None else []
+        self.disk_floor = DiskFloor(directory.min_free_disk, [directory.upload_dir, *data])
         self._clock = clock
         self.upkeep = Upkeep(
             directory,
@@ -155,6 +160,9 @@ class UploadServer:
         # bounds them (§9.1, D23), or the 51st machine of a fleet would wait for days.
         if limit and request.identity and self._count_live_sessions(request.identity) >= limit:
             raise ServiceUnavailable(f"session limit reached for {request.identity!r}")
+        if self.disk_floor.reached():
+            # Running sessions finish in the room that is left; a new one waits (§5.2: 503).
+            raise ServiceUnavailable(f"less than {settings.min_free_disk} bytes of disk free")
         if self.upkeep.cap_reached():
             raise ServiceUnavailable(f"{settings.max_sessions} sessions open: the server is full")
         now = self._clock()

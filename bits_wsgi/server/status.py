@@ -82,6 +82,16 @@ class Snapshot:
     backend_error: str | None
     truncated: bool
     unreadable: int = 0
+    #: ``min_free_disk``: below it new sessions wait (None: no floor)
+    disk_floor: int | None = None
+
+    @property
+    def below_floor(self) -> bool:
+        return (
+            self.disk_floor is not None
+            and self.disk_free is not None
+            and self.disk_free < self.disk_floor
+        )
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -96,6 +106,8 @@ class Snapshot:
             "health": {
                 "disk_free": self.disk_free,
                 "disk_total": self.disk_total,
+                "disk_floor": self.disk_floor,
+                "below_disk_floor": self.below_floor,
                 "backend": "ok" if self.backend_error is None else self.backend_error,
             },
             "truncated": self.truncated,
@@ -154,6 +166,7 @@ def snapshot(
         backend_error=backend_error,
         truncated=truncated,
         unreadable=unreadable,
+        disk_floor=directory.min_free_disk,
     )
 
 

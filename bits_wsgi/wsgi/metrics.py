@@ -19,16 +19,30 @@ Counters and the histogram (all prefixed ``bits_``):
 - ``range_mismatches_total``: 416 answers (a client and the server disagreed on the offset)
 - ``errors_total{code}``: error Acks by BITS error code (HRESULT), 416s aside
 - ``fragment_seconds``: time from a fragment's arrival to its Ack
+
+Gauges, read when the metrics are: ``disk_free_bytes{directory}``, the least free space of the
+filesystems a directory's uploads fill, and ``disk_floor_bytes{directory}``, its
+``min_free_disk`` (new sessions get 503 below it), where one is set.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
 
 from ..events import Events, SessionEvent
 from .observe import PacketRecord
+
+
+class FreeSpace(Protocol):
+    """What the disk gauges read (``server.disk_floor.DiskFloor``)."""
+
+    @property
+    def minimum(self) -> int | None: ...
+
+    def free(self) -> int | None: ...
+
 
 #: From a 64 KiB fragment on loopback to a 13 MB one on a slow link.
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -62,12 +76,18 @@ class PrometheusMetrics:
         self.errors = Counter(
             "bits_errors", "Error Acks by BITS error code", ["code"], registry=self.registry
         )
+        self._disks = _DiskCollector()
+        self.registry.register(self._disks)
         self.fragment_seconds = Histogram(
             "bits_fragment_seconds",
             "Time from a fragment's arrival to its Ack",
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+
+    def watch_disk(self, directory: str, floor: FreeSpace) -> None:
+        """Report ``floor``'s free space (and the floor) for the directory at that prefix."""
+        self._disks.watched.append((directory, floor))
 
     def attach(self, events: Events) -> None:
         """Count session events (never ``upload_complete``, whose hooks cost a sha256)."""
@@ -97,6 +117,7 @@ class PrometheusMetrics:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            registry.register(self._disks)  # read here and now, not summed over workers
         app = make_wsgi_app(registry)
         result: Iterable[bytes] = app(environ, start_response)
         return result
@@ -104,3 +125,33 @@ class PrometheusMetrics:
 
 #: Packet types as sent; anything else is counted as "other", so labels stay few.
 _PACKETS = frozenset(["Ping", "Create-Session", "Fragment", "Close-Session", "Cancel-Session"])
+
+
+class _DiskCollector:
+    """The disk gauges, computed when the metrics are read (a prometheus_client collector)."""
+
+    def __init__(self) -> None:
+        self.watched: list[tuple[str, FreeSpace]] = []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        free = GaugeMetricFamily(
+            "bits_disk_free_bytes", "Free space for a directory's uploads", labels=["directory"]
+        )
+        floor = GaugeMetricFamily(
+            "bits_disk_floor_bytes",
+            "min_free_disk: below it new sessions get 503",
+            labels=["directory"],
+        )
+        for directory, disk in self.watched:
+            available = disk.free()
+            if available is not None:
+                free.add_metric([directory], available)
+            if disk.minimum is not None:
+                floor.add_metric([directory], disk.minimum)
+        yield free
+        yield floor
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())

@@ -135,6 +135,8 @@ class BITSMiddleware:
         self.metrics_path = metrics_path
         if metrics is not None:
             metrics.attach(self.events)
+            for server in self.servers:
+                metrics.watch_disk(server.directory.prefix, server.disk_floor)
         if status_path is not None and not status_path.startswith("/"):
             raise ValueError("status_path must start with /")
         self.status_path = status_path

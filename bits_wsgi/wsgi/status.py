@@ -192,9 +192,14 @@ def render_html(snapshots: Sequence[Snapshot], failures: Sequence[dict[str, obje
             if shot.backend_error is None
             else f'<span class="bad">{e(shot.backend_error)}</span>'
         )
+        floor = ""
+        if shot.disk_floor is not None:
+            below = ' class="bad"' if shot.below_floor else ""
+            words = "new sessions wait" if shot.below_floor else "new sessions below it wait"
+            floor = f" <span{below}>Floor {_size(shot.disk_floor)}: {words}.</span>"
         parts.append(
             f"<h2>{e(shot.prefix)}</h2><p>Disk: {_size(shot.disk_free)} free of "
-            f"{_size(shot.disk_total)}. Backend: {backend}. "
+            f"{_size(shot.disk_total)}.{floor} Backend: {backend}. "
             f'<span class="muted">{time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))}'
             "</span></p>"
         )
