@@ -33,9 +33,22 @@ class Negotiator:
         self._spnego = spnego
         self.service = service
 
-    def authenticate(self, connection: http.client.HTTPConnection, target: str) -> None:
+    def header(self, host: str) -> str:
+        """A fresh ``Authorization`` value for one request to ``host`` (Kerberos needs one leg):
+        for servers that close the connection after each response, where no identity can
+        outlive its request."""
+        try:
+            context: Any = self._spnego.client(
+                hostname=host, service=self.service, protocol="kerberos"
+            )
+            return "Negotiate " + base64.b64encode(context.step()).decode("ascii")
+        except Exception as exc:
+            raise UploadError(f"Kerberos: no credentials for {self.service}/{host}: {exc}") from exc
+
+    def authenticate(self, connection: http.client.HTTPConnection, target: str) -> bool:
         """The handshake on a new ``connection``, on a Ping to ``target``; ``UploadError`` in
-        words if it fails."""
+        words if it fails. False if the server closes the connection after it: its identity
+        then cannot serve the packets that follow, which must carry their own (:meth:`header`)."""
         try:
             context: Any = self._spnego.client(
                 hostname=connection.host, service=self.service, protocol="kerberos"
@@ -61,7 +74,7 @@ class Negotiator:
             answer = _token(response.getheader("WWW-Authenticate"))
             if response.status == 200:
                 self._check_server(context, answer, connection)
-                return
+                return not response.will_close
             if response.status != 401 or answer is None:
                 raise UploadError(
                     f"Negotiate with {self._spn(connection)} refused: HTTP {response.status}"

@@ -126,6 +126,8 @@ class UploadClient:
         self._tls = tls_context(cafile, certfile, keyfile) if parts.scheme == "https" else None
         self._connection: http.client.HTTPConnection | None = None
         self._negotiate = Negotiator(service) if negotiate else None
+        #: the server keeps a connection's identity (else each request carries its own)
+        self._connection_bound = True
         if self._negotiate is not None and user is not None:
             raise ValueError("Negotiate and Basic credentials exclude each other")
         self._host_id: str | None = None
@@ -320,6 +322,8 @@ class UploadClient:
 
     def _request(self, method: str, headers: dict[str, str], body: bytes) -> ReceivedAck:
         connection = self._connect()
+        if self._negotiate is not None and not self._connection_bound:
+            headers = {**headers, "Authorization": self._negotiate.header(connection.host)}
         connection.request(method, self._target, body=body, headers=headers)
         response = connection.getresponse()
         response.read()
@@ -336,9 +340,9 @@ class UploadClient:
                 )
             else:
                 connection = http.client.HTTPConnection(self._host, timeout=self.timeout)
-            if self._negotiate is not None:
+            if self._negotiate is not None and self._connection_bound:
                 try:
-                    self._negotiate.authenticate(connection, self._target)
+                    self._connection_bound = self._negotiate.authenticate(connection, self._target)
                 except BaseException:
                     connection.close()
                     raise

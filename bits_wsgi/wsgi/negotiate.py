@@ -12,9 +12,9 @@ password. It does so once per TCP connection, on a body-less Ping or Create-Sess
 §2.2.4), and sends its later packets on that connection without ``Authorization``: IIS keeps
 the identity for the connection (NTLM always, Kerberos with ``authPersistNonNTLM``, its default).
 This middleware does the same where the serving stack shows the connection to the application
-(:func:`connection_of`: gunicorn, waitress, Werkzeug's development server). Elsewhere each request
-must carry its own Kerberos token, and NTLM, whose handshake spans two requests of one
-connection, cannot complete.
+and keeps it open (:func:`connection_of`: gunicorn, waitress; Werkzeug's development server shows
+its socket but closes it after each response). Elsewhere each request must carry its own
+Kerberos token, and NTLM, whose handshake spans two requests of one connection, cannot complete.
 
 The identity set in ``REMOTE_USER`` owns the sessions (PROTOCOL.md §9.1): the principal as the
 mechanism names it (``alice@EXAMPLE.COM``, ``EXAMPLE\\alice``), or with ``machine_names`` a
