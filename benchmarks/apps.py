@@ -24,12 +24,13 @@ from typing import Any
 from bits_wsgi import BITSMiddleware
 from bits_wsgi.cli import not_found
 
+from .durable import link_durably, write_body
+
 ROOT = Path(os.environ.get("BENCH_ROOT", "/tmp/bits-bench"))
 
 if os.environ.get("BENCH_WITHOUT_FSYNC") == "1":
     # Diagnosis only: shows what durability costs. Never how the project runs.
     os.fsync = lambda fd: None
-CHUNK = 1024 * 1024
 
 project = BITSMiddleware(not_found, ROOT, session_limit=None)
 
@@ -79,15 +80,7 @@ def _baseline(
         path = _staging(destination) if commit else destination
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
-            read = environ["wsgi.input"].read
-            offset = first
-            while remaining:
-                data = read(min(CHUNK, remaining))
-                if not data:
-                    break
-                os.pwrite(fd, data, offset)
-                offset += len(data)
-                remaining -= len(data)
+            offset = write_body(fd, environ["wsgi.input"].read, first, remaining)
             if final_fsync and offset == int(spec.rsplit("/", 1)[1]):
                 os.fsync(fd)
                 if commit:
@@ -106,10 +99,5 @@ def _staging(destination: Path) -> Path:
 
 
 def _publish(staged: Path, destination: Path) -> None:
-    os.link(staged, destination)
-    folder = os.open(destination.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    link_durably(staged, destination)
     os.unlink(staged)

@@ -37,7 +37,7 @@ from bits_wsgi.backends.range_lock import _FLOCK, F_OFD_SETLK, slot
 from bits_wsgi.backends.sqlite import _SCHEMA
 from bits_wsgi.protocol import PROTOCOL_GUID
 
-CHUNK = 1024 * 1024
+from .durable import link_durably, write_body
 
 
 class Sessions:
@@ -113,13 +113,7 @@ class Sessions:
         with self.locked(session) as record:
             fd = os.open(self.data(session), os.O_WRONLY)
             try:
-                while remaining:
-                    data = read(min(CHUNK, remaining))
-                    if not data:
-                        break
-                    os.pwrite(fd, data, offset)
-                    offset += len(data)
-                    remaining -= len(data)
+                offset = write_body(fd, read, offset, remaining)
                 if offset == total:
                     os.fsync(fd)
                     self.publish(session, record["destination"])
@@ -133,12 +127,7 @@ class Sessions:
     def publish(self, session: str, destination: str) -> None:
         target = self.root / destination.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.link(self.data(session), target)
-        folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        link_durably(self.data(session), target)
 
     def close(self, session: str) -> None:
         with self.locked(session) as record:
