@@ -205,3 +205,27 @@ def test_identity_header_puts_the_trusted_proxy_in_front(tmp_path: Path) -> None
     assert isinstance(app, ProxyIdentity)
     assert [str(network) for network in app.proxies] == ["10.0.0.0/8"]
     assert isinstance(app.app, BITSMiddleware)
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (
+            ["--auth", "negotiate", "--keytab", "/etc/bits/http.keytab"],
+            "Negotiate: Kerberos (HTTP, keytab /etc/bits/http.keytab), bound to the connection",
+        ),
+        (
+            ["--auth", "negotiate", "--ntlm-users", "users", "--server", "granian"],
+            "Kerberos (HTTP, keytab of the system) and NTLM (users in users), per request "
+            "(granian: no connection-bound identity)",
+        ),
+        (
+            ["--identity-header", "X-Remote-User", "--trusted-proxy", "10.0.0.5"],
+            "the identity in X-Remote-User from the proxy at 10.0.0.5",
+        ),
+    ],
+)
+def test_the_banner_says_who_may_send(tmp_path: Path, flags: list[str], words: str) -> None:
+    from bits_wsgi.cli.serve import banner
+
+    assert words in banner(build_parser().parse_args(["serve", str(tmp_path), *flags]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import signal
 import subprocess
@@ -238,3 +239,15 @@ def background(command: Sequence[str], cwd: Path, port: int, log: Path) -> Itera
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         process.wait(90)
+
+
+def owners(root: Path) -> dict[str, str]:
+    """Destination → owner of every session under ``root``, as `bits-wsgi sessions` lists them."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "bits_wsgi", "sessions", str(root), "--all", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
+    return {row["destination"]: row["owner"] for row in rows}

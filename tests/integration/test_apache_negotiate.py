@@ -19,7 +19,7 @@ from bits_wsgi.protocol import PROTOCOL_GUID
 
 from ..support.kerberos import REALM, Realm, kerberos_realm
 from ..support.ports import free_port
-from .helpers import PROJECT, RawBits, Server, bits_serve
+from .helpers import PROJECT, RawBits, Server, bits_serve, owners
 
 pytestmark = pytest.mark.integration
 
@@ -168,8 +168,6 @@ def test_apache_authenticates_and_the_server_believes_only_apache(
         assert refused.status == 401
 
     assert (root / "fleet" / "carol.bin").read_bytes() == data
-    from .test_negotiate import owners
-
     assert owners(root) == {
         "fleet/carol.bin": f"carol@{REALM}",
         "fleet/claimed.bin": f"carol@{REALM}",

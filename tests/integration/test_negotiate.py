@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 
 from ..support.kerberos import REALM, Realm, kerberos_realm
 from ..support.ports import free_port
-from .helpers import RawBits, bits_serve
+from .helpers import RawBits, bits_serve, owners
 
 pytestmark = pytest.mark.integration
 
@@ -74,17 +73,6 @@ def serve_negotiate(tmp_path: Path, realm: Realm, server: str, *extra: str) -> A
         server=server,
         env=env,
     )
-
-
-def owners(root: Path) -> dict[str, str]:
-    listed = subprocess.run(
-        [sys.executable, "-m", "bits_wsgi", "sessions", str(root), "--all", "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    rows = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
-    return {row["destination"]: row["owner"] for row in rows}
 
 
 @SERVERS
