@@ -10,6 +10,11 @@ with its own contract suite in ``bits_wsgi.testing``:
 - a :class:`Locker` excludes other threads, processes and (where it can) hosts from a session,
   and hands out a :class:`Fence` where a live holder can lose its lock (leases that expire).
 
+Two ledgers are optional: an :class:`Outbox` of completion events, recorded before the final
+Ack and delivered later (at least once), and a :class:`UsageLedger` of the bytes each identity
+stored per day (quotas). The backends that ship keep both beside their records: in the same
+SQLite database, in Redis, or in memory.
+
 The parts know nothing of HTTP or BITS headers and decide nothing: offsets are validated by the
 server before a blob store writes, and expiry is the server's policy. :class:`Backend` is what
 the server sees of the whole.
@@ -19,8 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from ..paths import Destination
 from ..session import SessionRecord
@@ -178,12 +184,99 @@ class Locker(Protocol):
         """The session is deleted: drop whatever was kept for its lock."""
 
 
+EntryState = Literal["pending", "delivered", "dead"]
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One completion event and where its delivery stands."""
+
+    id: str
+    #: the event exactly as it is signed and sent
+    body: bytes
+    created: float
+    state: EntryState
+    #: deliveries tried; also the claim's token (a claim counts one)
+    attempts: int
+    #: pending: when it is due (a claimed entry is due again when its claim lapses);
+    #: delivered or dead: when it settled
+    when: float
+    last_error: str = ""
+    #: the webhook URLs that accepted it (each is sent the event once it has)
+    delivered_to: tuple[str, ...] = ()
+
+
+class Outbox(Protocol):
+    """Completion events, kept until delivered (at least once) or declared dead.
+
+    A claim makes an entry invisible to other claimers until its lease lapses, so two
+    processes or hosts never deliver one event at the same time; a claimer that dies leaves
+    the entry due again when the lease lapses. A settle applies only to the claim it answers.
+    """
+
+    def add(self, entry_id: str, body: bytes, now: float) -> bool:
+        """Store a pending event, durably, before the Ack that announces it; an id already
+        here keeps its entry (False), so a repeated final fragment records its event once."""
+
+    def claim(self, now: float, lease: float, limit: int) -> list[OutboxEntry]:
+        """Up to ``limit`` due pending entries, each now claimed until ``now + lease``."""
+
+    def settle(
+        self,
+        entry: OutboxEntry,
+        state: EntryState,
+        when: float,
+        *,
+        error: str = "",
+        delivered_to: tuple[str, ...] = (),
+    ) -> bool:
+        """The outcome of the claim ``entry`` came from; False if that claim was lost."""
+
+    def get(self, entry_id: str) -> OutboxEntry | None: ...
+
+    def entries(self, *, dead_only: bool = False, limit: int = 100) -> list[OutboxEntry]:
+        """The newest entries first."""
+
+    def replay(self, entry_id: str, now: float) -> bool:
+        """Make an entry pending and due at once, its attempts and deliveries forgotten."""
+
+    def prune(self, settled_before: float) -> int:
+        """Remove delivered and dead entries settled before that time; how many went."""
+
+
+class UsageLedger(Protocol):
+    """Bytes stored per identity per day (days since the epoch, UTC), for quotas."""
+
+    def take(self, owner: str, day: int, count: int, limit: int) -> bool:
+        """Add ``count`` to the owner's day if the total stays within ``limit``, atomically
+        (two fragments of one identity on two hosts cannot both pass the last room)."""
+
+    def give_back(self, owner: str, day: int, count: int) -> None:
+        """Undo a ``take`` whose bytes were not stored after all."""
+
+    def used(self, owner: str, day: int) -> int: ...
+
+    def day_totals(self, day: int, limit: int = 100) -> dict[str, int]:
+        """The biggest users of that day, with their bytes."""
+
+    def forget_before(self, day: int) -> None:
+        """Drop the counts of earlier days."""
+
+
 class Backend(Protocol):
     """What the server sees: the three parts as one (``ComposedBackend``)."""
 
     @property
     def files(self) -> LocalFiles | None:
         """The blob store's files on this host, if it keeps them (upload-reply mode needs them)."""
+
+    @property
+    def outbox(self) -> Outbox | None:
+        """Where completion events wait for delivery, if the backend keeps them."""
+
+    @property
+    def usage(self) -> UsageLedger | None:
+        """The bytes each identity stored per day, if the backend counts them."""
 
     def create(self, record: SessionRecord) -> None:
         """Store a new session with empty data."""

@@ -30,15 +30,25 @@ from collections.abc import Iterable, Iterator
 from ..errors import CorruptRecord
 from ..paths import Destination
 from ..session import SessionRecord, holds_its_offset
-from .base import BlobStore, LocalFiles, Locker, RecordStore
+from .base import BlobStore, LocalFiles, Locker, Outbox, RecordStore, UsageLedger
 
 
 class ComposedBackend:
-    def __init__(self, *, records: RecordStore, blobs: BlobStore, locker: Locker) -> None:
+    def __init__(
+        self,
+        *,
+        records: RecordStore,
+        blobs: BlobStore,
+        locker: Locker,
+        outbox: Outbox | None = None,
+        usage: UsageLedger | None = None,
+    ) -> None:
         self.records = records
         self.blobs = blobs
         self.locker = locker
         self.files: LocalFiles | None = blobs.files
+        self.outbox = outbox
+        self.usage = usage
 
     # -- records ------------------------------------------------------------------------------
 

@@ -3,21 +3,18 @@
 Layout (IIS names where IIS has them)::
 
     BITS-Sessions/
-      sessions.sqlite3 (-wal, -shm)   the records and their indexes (SqliteRecords, WAL mode)
+      sessions.sqlite3 (-wal, -shm)   records, indexes, events, quota counts (WAL mode)
       Requests/{ID}.bin               the upload's bytes, appended in order (DirectoryStore)
       Replies/{ID}/responsefile.bin   the server application's reply (upload-reply mode)
       sessions.lock                   one byte-range lock per session (RangeLocker)
 
 A small upload creates one inode (its data, which its commit links into place) and commits
-three SQLite transactions, where the first layout below made a folder, a record file per save,
-a lock file, owner and tombstone markers: docs/benchmarks.md, "The cost of a small upload",
-measures both.
+three SQLite transactions (docs/benchmarks.md, "The cost of a small upload").
 
-Locks are open-file-description locks on one byte of ``sessions.lock`` per session, the file
-opened anew for each acquisition, so they exclude threads of one process as well as the
-server's worker processes, like the per-session ``flock`` of PROTOCOL.md §10.1 without a file
-to create and remove per session (docs/protocol.md, "Session locks"). Sessions survive
-restarts: there is no state in memory at all.
+Locks are open-file-description locks on one byte of ``sessions.lock`` per session, opened
+anew for each acquisition, so they exclude threads and worker processes alike, as the
+per-session ``flock`` of PROTOCOL.md §10.1 without a file per session (docs/protocol.md,
+"Session locks"). Sessions survive restarts: there is no state in memory at all.
 
 The first layout kept each record in the session's folder and indexed owners and tombstones
 with empty marker files::
@@ -56,6 +53,7 @@ from .composed import ComposedBackend
 from .files import DATA_NAME, REQUESTS_FOLDER, DirectoryStore, flat_data_file, request_folder
 from .range_lock import RangeLocker
 from .sqlite import SqliteRecords
+from .sqlite_ledgers import SqliteOutbox, SqliteUsage
 from .waiting import retry_until
 
 RECORD_NAME = "session.json"
@@ -79,8 +77,14 @@ class FilesystemBackend(ComposedBackend):
         self.directory = DirectoryStore(state, flat=True)
         records = SqliteRecords(state / DATABASE_NAME)
         adopt_folder_layout(state, records)
-        locker = RangeLocker(state / LOCK_FILE_NAME)
-        super().__init__(records=records, blobs=self.directory, locker=locker)
+        ledgers = records.database  # one database and connection for records and ledgers
+        super().__init__(
+            records=records,
+            blobs=self.directory,
+            locker=RangeLocker(state / LOCK_FILE_NAME),
+            outbox=SqliteOutbox(ledgers),
+            usage=SqliteUsage(ledgers),
+        )
 
     def data_path(self, session_id: str) -> Path:
         """The file holding the session's bytes."""

@@ -21,6 +21,7 @@ from ..paths import Destination
 from ..session import SessionRecord
 from .base import Fence, LocalFiles
 from .composed import ComposedBackend
+from .memory_ledgers import MemoryOutbox, MemoryUsage
 
 
 class MemoryBackend(ComposedBackend):
@@ -28,7 +29,13 @@ class MemoryBackend(ComposedBackend):
 
     def __init__(self) -> None:
         records = MemoryRecords()
-        super().__init__(records=records, blobs=MemoryBlobs(), locker=ThreadLocker(records.exists))
+        super().__init__(
+            records=records,
+            blobs=MemoryBlobs(),
+            locker=ThreadLocker(records.exists),
+            outbox=MemoryOutbox(),
+            usage=MemoryUsage(),
+        )
 
 
 class MemoryRecords:

@@ -18,7 +18,7 @@ Keys, below ``prefix``: ``session:{ID}`` (the record as JSON, expiring after ``r
 ``owner:{sha256}`` (the owner's active session ids), ``active`` (every active id, for the global
 session cap), ``sessions`` (every id, for sweeps), ``tombstones`` (a sorted set of tombstone ids
 by their time, for the tombstone budget); ``lock:{ID}`` and ``writer:{ID}`` are the lease's
-(``redis_lease``).
+(``redis_lease``); the outbox's and the quota counts' are ``redis_ledgers``'.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from .base import BlobStore
 from .composed import ComposedBackend
 from .files import DirectoryStore
 from .redis_lease import DEFAULT_LOCK_TTL, RedisKeys, RedisLocker, text, unavailable
+from .redis_ledgers import RedisOutbox, RedisUsage
 
 #: Longer than the default session timeout (14 days) plus the tombstone retention (1 day).
 DEFAULT_RECORD_TTL = 30 * 86_400
@@ -82,6 +83,8 @@ class RedisBackend(ComposedBackend):
             records=RedisRecords(client, keys, record_ttl=record_ttl, locker=locker),
             blobs=DirectoryStore(blobs) if isinstance(blobs, str | os.PathLike) else blobs,
             locker=locker,
+            outbox=RedisOutbox(client, prefix),
+            usage=RedisUsage(client, prefix),
         )
 
 

@@ -17,33 +17,18 @@ save instead of a file, a temp file and a rename each (issue: the cost of a pack
 
 One row per session: its id, its owner, the time it became a tombstone (NULL while active), and
 the record as ``session.encode_record`` writes it. Partial indexes answer the owner's active
-sessions, the active count and the oldest tombstones. Each process opens one connection and
-its threads take turns on it (statements last microseconds): one connection keeps its page
-cache across the packets of every thread, where a connection per thread would find its cache
-stale after each other thread's write and read the pages again. SQLite's locks exclude the
-other processes; WAL lets their readers run beside the one writer.
-
-Durability: a ``durable`` save commits with ``synchronous=FULL`` (the WAL is fsynced before the
-commit returns); other saves with ``NORMAL``, which in WAL mode survives a killed process and
-after a power loss keeps the database consistent, losing at most the last such saves — as the
-file store's non-durable saves do (their directory is not fsynced).
+sessions, the active count and the oldest tombstones. The database, its one connection per
+process and what a durable save means are ``sqlite_db.SqliteDatabase``'s; the filesystem
+backend keeps its completion events and quota counts in the same database.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import os
-import sqlite3
-import threading
-import weakref
 from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import Any
 
-from ..errors import BackendUnavailable
 from ..session import SessionRecord, decode_record, encode_record
+from .sqlite_db import SqliteDatabase
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -55,63 +40,18 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE INDEX IF NOT EXISTS active_by_owner ON sessions (owner, id) WHERE tombstone IS NULL;
 CREATE INDEX IF NOT EXISTS tombstones_by_age ON sessions (tombstone) WHERE tombstone IS NOT NULL;
 """
-#: How long a writer waits for another process's write transaction (they last microseconds).
-BUSY_TIMEOUT = 30.0
-#: Pages are read through a memory map rather than a read() each (bytes of address space,
-#: not of memory: the map is the database file).
-MMAP_SIZE = 256 * 1024 * 1024
 
 
 class SqliteRecords:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._turn = threading.Lock()
-        self._db: sqlite3.Connection | None = None
-        self._durable = False
-        this = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _forked(this()))
-        self._set_up()
-
-    def _set_up(self) -> None:
-        """WAL mode and the tables, one process at a time: workers that start together on a
-        new root would otherwise meet in SQLite's switch to WAL, which answers "database is
-        locked" at once instead of waiting (4–8 of 60 starts of four processes failed so)."""
-        guard = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(guard, fcntl.LOCK_EX)
-            with self._connection() as db:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(_SCHEMA)
-        finally:
-            os.close(guard)
-
-    @contextlib.contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        """This process's connection, this thread's turn on it, SQLite's failures translated."""
-        with self._turn, _translated():
-            if self._db is None:
-                db = sqlite3.connect(
-                    self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-                )
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute(f"PRAGMA mmap_size={MMAP_SIZE}")
-                self._db, self._durable = db, False
-            yield self._db
-
-    def _durability(self, db: sqlite3.Connection, durable: bool) -> None:
-        if durable != self._durable:
-            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            self._durable = durable
-
-    def _write(self, sql: str, parameters: tuple[object, ...], *, durable: bool) -> int:
-        with self._connection() as db:
-            self._durability(db, durable)
-            return db.execute(sql, parameters).rowcount
-
-    def _read(self, sql: str, parameters: tuple[object, ...] = ()) -> list[Any]:
-        with self._connection() as db:
-            return db.execute(sql, parameters).fetchall()
+    def __init__(self, path: str | os.PathLike[str] | SqliteDatabase) -> None:
+        if isinstance(path, SqliteDatabase):
+            self.database = path
+            self.database.add_schema(_SCHEMA)
+        else:
+            self.database = SqliteDatabase(path, _SCHEMA)
+        self.path = self.database.path
+        self._write = self.database.write
+        self._read = self.database.read
 
     def create(self, record: SessionRecord) -> None:
         self._write(
@@ -124,19 +64,11 @@ class SqliteRecords:
         """Take records stored elsewhere, as ``(id, owner, tombstone time or None, stored
         form)``, durably and in one transaction; an id already here keeps its row, so an
         interrupted adoption can simply run again."""
-        with self._connection() as db:
-            self._durability(db, True)
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(
-                    "INSERT OR IGNORE INTO sessions (id, owner, tombstone, record)"
-                    " VALUES (?, ?, ?, ?)",
-                    rows,
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self.database.transaction(durable=True) as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO sessions (id, owner, tombstone, record) VALUES (?, ?, ?, ?)",
+                rows,
+            )
 
     def load(self, session_id: str) -> SessionRecord | None:
         rows = self._read("SELECT record FROM sessions WHERE id = ?", (session_id,))
@@ -177,35 +109,3 @@ class SqliteRecords:
             (max(0, limit),),
         )
         return [row[0] for row in rows]
-
-
-#: Connections a forked child inherited: kept open, never used. Closing one in the child could
-#: checkpoint and remove the log under the parent's feet (connections must not cross a fork).
-_INHERITED: list[sqlite3.Connection] = []
-
-
-def _forked(records: SqliteRecords | None) -> None:
-    """In a forked child: a lock no thread holds (the forking one may have held it) and a
-    connection of the child's own at the next statement."""
-    if records is None:
-        return
-    if records._db is not None:
-        _INHERITED.append(records._db)
-    records._turn = threading.Lock()
-    records._db = None
-
-
-@contextlib.contextmanager
-def _translated() -> Iterator[None]:
-    """SQLite's failures as the server answers them: a full disk is ENOSPC (500, disk full),
-    an I/O error is EIO, and anything else (a lock held past the busy timeout, a database that
-    cannot be opened) makes the store unavailable (503), never an internal error."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        code = getattr(exc, "sqlite_errorcode", None)
-        if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
-            raise OSError(errno.ENOSPC, f"sqlite: {exc}") from exc
-        if code is not None and code & 0xFF == sqlite3.SQLITE_IOERR:
-            raise OSError(errno.EIO, f"sqlite: {exc}") from exc
-        raise BackendUnavailable(f"sqlite: {exc}") from exc

@@ -19,6 +19,7 @@ Requires pytest (the ``test`` extra).
 
 from .backend import BackendContract
 from .blobs import BlobStoreContract
+from .ledgers import OutboxContract, UsageLedgerContract
 from .locks import LockerContract
 from .records import RecordStoreContract
 from .values import DESTINATION, SESSION_A, SESSION_B, new_record
@@ -30,6 +31,8 @@ __all__ = [
     "BackendContract",
     "BlobStoreContract",
     "LockerContract",
+    "OutboxContract",
     "RecordStoreContract",
+    "UsageLedgerContract",
     "new_record",
 ]

@@ -10,17 +10,21 @@ from typing import Any
 import pytest
 
 from bits_wsgi.backends import Backend, FilesystemBackend, MemoryBackend
-from bits_wsgi.backends.base import BlobStore, Locker, RecordStore
+from bits_wsgi.backends.base import BlobStore, Locker, Outbox, RecordStore, UsageLedger
 from bits_wsgi.backends.files import DirectoryStore
 from bits_wsgi.backends.filesystem import FileRecords, FlockLocker
 from bits_wsgi.backends.memory import MemoryBlobs, MemoryRecords, ThreadLocker
+from bits_wsgi.backends.memory_ledgers import MemoryOutbox, MemoryUsage
 from bits_wsgi.backends.range_lock import RangeLocker
 from bits_wsgi.backends.sqlite import SqliteRecords
+from bits_wsgi.backends.sqlite_ledgers import SqliteOutbox, SqliteUsage
 from bits_wsgi.testing import (
     BackendContract,
     BlobStoreContract,
     LockerContract,
+    OutboxContract,
     RecordStoreContract,
+    UsageLedgerContract,
 )
 
 from ..support.s3 import new_bucket, s3_client
@@ -190,3 +194,63 @@ class TestRedisS3Backend(S3Destinations, BackendContract):
 
         store = S3Store(self.bucket, prefix="uploads", client=self.client)
         return RedisBackend(store, url=self.redis_url, prefix=f"t{uuid.uuid4().hex}")
+
+
+# -- the ledgers -----------------------------------------------------------------------------
+
+
+class TestMemoryOutbox(OutboxContract):
+    def make_outbox(self, root: Path) -> Outbox:
+        return MemoryOutbox()
+
+
+class TestSqliteOutbox(OutboxContract):
+    """A second view is another connection, as another worker process has."""
+
+    def make_outbox(self, root: Path) -> Outbox:
+        return SqliteOutbox(root / "state" / "sessions.sqlite3")
+
+    def make_second_view(self, root: Path, outbox: Outbox) -> Outbox:
+        return SqliteOutbox(root / "state" / "sessions.sqlite3")
+
+
+class TestRedisOutbox(OutboxContract):
+    """Against a real redis-server; a second view is another client, as another host has."""
+
+    @pytest.fixture(autouse=True)
+    def _redis(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+        self.prefix = f"t{uuid.uuid4().hex}"
+
+    def make_outbox(self, root: Path) -> Outbox:
+        import redis
+
+        from bits_wsgi.backends.redis_ledgers import RedisOutbox
+
+        return RedisOutbox(redis.Redis.from_url(self.redis_url), self.prefix)
+
+    def make_second_view(self, root: Path, outbox: Outbox) -> Outbox:
+        return self.make_outbox(root)
+
+
+class TestMemoryUsage(UsageLedgerContract):
+    def make_usage(self, root: Path) -> UsageLedger:
+        return MemoryUsage()
+
+
+class TestSqliteUsage(UsageLedgerContract):
+    def make_usage(self, root: Path) -> UsageLedger:
+        return SqliteUsage(root / "state" / "sessions.sqlite3")
+
+
+class TestRedisUsage(UsageLedgerContract):
+    @pytest.fixture(autouse=True)
+    def _redis(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+
+    def make_usage(self, root: Path) -> UsageLedger:
+        import redis
+
+        from bits_wsgi.backends.redis_ledgers import RedisUsage
+
+        return RedisUsage(redis.Redis.from_url(self.redis_url), f"t{uuid.uuid4().hex}")

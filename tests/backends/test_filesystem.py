@@ -167,7 +167,7 @@ def test_a_forked_child_uses_the_records_while_a_parent_thread_holds_the_connect
     held, release = threading.Event(), threading.Event()
 
     def hold_the_turn() -> None:
-        with records._connection():
+        with records.database.connection():
             held.set()
             release.wait(30)
 
