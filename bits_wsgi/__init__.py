@@ -4,6 +4,7 @@ from .backends import Backend, FilesystemBackend, MemoryBackend
 from .config import UploadDirectory
 from .errors import BITSError
 from .server import RequestInfo, UploadServer
+from .webhooks import Webhooks
 from .wsgi import BasicAuth, BITSMiddleware, NegotiateAuth, ProxyIdentity
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "RequestInfo",
     "UploadDirectory",
     "UploadServer",
+    "Webhooks",
 ]

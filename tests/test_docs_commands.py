@@ -73,6 +73,18 @@ EXERCISED: list[tuple[str, str]] = [
         f"{NOT_RUNNABLE}: needs the realm's own KDC; tests/support/kerberos.py does the same",
     ),
     (
+        r"head -c 32 /dev/urandom \| base64 > webhook\.secret",
+        f"{NOT_RUNNABLE}: the tests write their own secret file",
+    ),
+    (
+        r"bits-wsgi serve \./uploads --webhook \S+ --webhook-secret-file \S+",
+        "tests/integration/test_webhooks_serve.py::test_serve_delivers_each_upload_once",
+    ),
+    (
+        r"bits-wsgi (deliver|events) (/srv/uploads|ROOT).*",
+        "tests/test_webhooks.py::test_dead_letters_are_listed_and_replayed_by_the_cli",
+    ),
+    (
         r"curl -sS -X BITS_POST .*",
         "tests/integration/test_curl_recipe.py::test_the_curl_recipe_uploads_packet_by_packet",
     ),

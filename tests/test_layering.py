@@ -17,6 +17,7 @@ ALLOWED = {
     "wsgi.body": {"errors"},
     "config": {"protocol", "notify"},  # notify: plain values and rules, nothing that runs
     "events": set(),
+    "webhooks": set(),
     "server.sweeper": set(),
     "server.session_cap": set(),
     "server.tombstone_budget": set(),

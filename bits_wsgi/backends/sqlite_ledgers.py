@@ -81,10 +81,7 @@ class SqliteOutbox:
                 "UPDATE outbox SET attempts = attempts + 1, due = ? WHERE id = ?",
                 [(now + lease, row[0]) for row in rows],
             )
-        return [
-            _entry((*row[:4], row[4] + 1, now + lease, *row[6:]))
-            for row in rows
-        ]
+        return [_entry((*row[:4], row[4] + 1, now + lease, *row[6:])) for row in rows]
 
     def settle(
         self,

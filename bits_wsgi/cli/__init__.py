@@ -1,5 +1,6 @@
-"""The ``bits-wsgi`` command: ``serve``, ``upload``, ``sessions``, ``cleanup`` and ``passwd``,
-one module each; the arguments and the application ``serve`` runs are in ``app``."""
+"""The ``bits-wsgi`` command: ``serve``, ``upload``, ``sessions``, ``cleanup``, ``passwd``,
+``deliver`` and ``events``, one module each (the last two share ``events``); the arguments and
+the application ``serve`` runs are in ``app``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from ..client import UploadError
 from .app import build_app, build_parser, import_app, not_found
+from .events import deliver, events
 from .passwd import passwd
 from .serve import serve
 from .sessions import cleanup, sessions
@@ -31,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sessions": sessions,
         "cleanup": cleanup,
         "passwd": passwd,
+        "deliver": deliver,
+        "events": events,
     }
     try:
         return commands[args.command](args)

@@ -19,6 +19,7 @@ from ..client import DEFAULT_FRAGMENT
 from ..config import DEFAULT_SESSION_TIMEOUT
 from ..wsgi.middleware import BITSMiddleware
 from .auth import add_auth_arguments, with_authentication
+from .events import add_event_commands, add_webhook_arguments, webhooks_from
 from .options import add_backend_arguments, add_directory_options, build_backend, directory_from
 
 if TYPE_CHECKING:
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         "this server is, 404 for everything else)",
     )
     add_auth_arguments(serve)
+    add_webhook_arguments(serve, required=False)
     serve.add_argument(
         "--server",
         choices=["waitress", "gunicorn", "granian"],
@@ -256,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="idle time after which a session counts as expired (default: %(default)s)",
     )
     add_backend_arguments(cleanup)
+    add_event_commands(commands)
     return parser
 
 
@@ -279,6 +282,7 @@ def build_app(args: argparse.Namespace) -> WSGIApplication:
         status_path=args.status_path,
         status_users=args.status_user,
         status_public=args.status_public,
+        webhooks=webhooks_from(args),
     )
     return with_authentication(app, args)
 

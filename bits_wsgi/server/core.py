@@ -54,6 +54,8 @@ from ..protocol import (
     SessionPacket,
 )
 from ..session import FragmentAction, SessionRecord, SessionState, Trigger, plan_fragment
+from ..webhooks import Webhooks
+from .completions import Completions
 from .digest import UploadDigests
 from .disk_floor import DiskFloor
 from .replies import Replies, ReplyUnavailable, RequestInfo
@@ -85,9 +87,11 @@ class UploadServer:
         clock: Callable[[], float] = time.time,
         sweep_interval: float | None = SWEEP_INTERVAL,
         events: Events | None = None,
+        webhooks: Webhooks | None = None,
     ) -> None:
         """``backend`` is where the sessions live: the caller chooses it (the middleware's
-        default is ``backends.default_backend``); the server does no file I/O of its own."""
+        default is ``backends.default_backend``); the server does no file I/O of its own.
+        With ``webhooks``, each completed upload's event goes to the backend's outbox."""
         self.directory = directory
         self.backend = backend
         self._files: LocalFiles | None = self.backend.files
@@ -97,6 +101,11 @@ class UploadServer:
                 raise ValueError("upload-reply mode needs a backend that keeps files on this host")
             self.replies = Replies(directory, self._files)
         self.events = events if events is not None else Events()
+        self.completions: Completions | None = None
+        if webhooks is not None:
+            if backend.outbox is None:
+                raise ValueError("webhooks need a backend that keeps an outbox")
+            self.completions = Completions(backend.outbox, webhooks, directory, clock=clock)
         self.digests = UploadDigests(self._files)
         data = [self._files.data_path(_ANY_SESSION).parent] if self._files is not None else []
         self.disk_floor = DiskFloor(directory.min_free_disk, [directory.upload_dir, *data])
@@ -114,6 +123,8 @@ class UploadServer:
     def handle(self, packet: Packet, request: RequestInfo, body: Body) -> Ack:
         """Answer one packet. Never raises: every failure becomes an error Ack."""
         self.upkeep.ensure_running()
+        if self.completions is not None:
+            self.completions.ensure_running()
         try:
             if isinstance(packet, Ping):
                 return Ack()
@@ -279,9 +290,7 @@ class UploadServer:
             body.skip(plan.skip)
             chunks = body.chunks(plan.write)
             stream: Iterable[bytes] = (
-                self.digests.hashing(record, chunks)
-                if self.events.wants("upload_complete")
-                else chunks
+                self.digests.hashing(record, chunks) if self._wants_sha256 else chunks
             )
             written = self.backend.write(record.id, record.received, stream)
         except ShortBody as exc:
@@ -334,12 +343,28 @@ class UploadServer:
             client_text(record.destination),
             ", committed" if record.committed else "",
         )
+        sha256 = self.digests.sha256(record) if self._wants_sha256 else None
+        if record.committed or not self._copy_due(record):
+            self._completed(record, sha256)
         # A lost final record is recovered by the next final fragment: the commit is idempotent
         # and the NotifyCache was stored durably above, so no directory fsync is needed here.
         ack = self._saved(record, self._final_ack(record))
         if self.events.wants("upload_complete"):
-            self._emit("upload_complete", record, sha256=self.digests.sha256(record))
+            self._emit("upload_complete", record, sha256=sha256)
         return ack
+
+    @property
+    def _wants_sha256(self) -> bool:
+        return self.completions is not None or self.events.wants("upload_complete")
+
+    def _completed(self, record: SessionRecord, sha256: str | None) -> None:
+        """Into the outbox, durably, before the Ack that tells the client (if webhooks are on)."""
+        if self.completions is None:
+            return
+        path = None
+        if record.committed:
+            path = paths.resolve_destination(self.directory.upload_dir, record.destination)
+        self.completions.record(record, sha256=sha256, path=path)
 
     def _final_ack(self, record: SessionRecord) -> Ack:
         return Ack(received=record.received, reply_url=record.reply_url)
@@ -416,6 +441,7 @@ class UploadServer:
         if committing:
             # commit_on="close" (a 403 here keeps the session as it is)
             self._commit(record)
+            self._completed(record, self.digests.sha256(record) if self.completions else None)
         return self._tombstone(record, Trigger.CLOSE, durable=committing)
 
     def _cancel(self, record: SessionRecord) -> Ack:
@@ -457,5 +483,8 @@ class UploadServer:
         return self.upkeep.sweep(older_than)
 
     def close(self) -> None:
-        """Stop the timed sweeps (tests, and applications that rebuild their middleware)."""
+        """Stop the timed sweeps and deliveries (tests, and applications that rebuild their
+        middleware)."""
         self.upkeep.close()
+        if self.completions is not None:
+            self.completions.close()

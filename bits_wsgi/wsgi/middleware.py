@@ -21,6 +21,9 @@ Several upload directories, each with its own root and settings, mirror IIS virt
         ],
     )
 
+Completed uploads can be announced to webhooks, durably and signed
+(``webhooks=Webhooks(urls=("https://ingest.internal/bits",), secret=...)``, docs/events.md).
+
 Authentication belongs to an outer layer (a proxy, or :class:`bits_wsgi.wsgi.auth.BasicAuth`) that
 sets ``REMOTE_USER``; sessions are bound to that identity. See docs/architecture.md for the flow.
 """
@@ -54,6 +57,7 @@ from ..protocol import (
     parse_packet,
 )
 from ..server import RequestInfo, UploadServer
+from ..webhooks import Webhooks
 from .body import BodyReader
 from .downloads import serve_reply
 from .in_process import WsgiTarget
@@ -102,6 +106,7 @@ class BITSMiddleware:
         status_path: str | None = None,
         status_users: Collection[str] = (),
         status_public: bool = False,
+        webhooks: Webhooks | None = None,
         **options: Any,
     ) -> None:
         self.app = app
@@ -123,7 +128,12 @@ class BITSMiddleware:
         # Longest prefix first, so /uploads/private/ wins over /uploads/.
         self.servers = sorted(
             (
-                UploadServer(d, backend or default_backend(d.upload_dir), events=self.events)
+                UploadServer(
+                    d,
+                    backend or default_backend(d.upload_dir),
+                    events=self.events,
+                    webhooks=webhooks,
+                )
                 for d in configured
             ),
             key=lambda server: len(server.directory.prefix),
