@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from .notify import NotificationType, Reply, Upload, validate_notification_url
 from .protocol import DEFAULT_ERROR_HEADERS
+from .scan import Scanner
 
 #: 5 KB: Windows never shrinks a fragment below this after a 413 (MC-BUP §3.1.5.2.4).
 MIN_FRAGMENT_SIZE = 5 * 1024
@@ -74,6 +75,14 @@ class UploadDirectory:
         zero_is_none=True,
         none_shown="no floor",
     )
+    quota_bytes_per_day: int | None = _option(
+        None,
+        "bytes each authenticated identity may store per UTC day; past it 503 + Retry-After "
+        "until the next day, and an upload larger than the quota 500 BG_E_TOO_LARGE; 0 disables",
+        metavar="BYTES",
+        zero_is_none=True,
+        none_shown="no quota",
+    )
     host_id: str | None = _option(
         None, "host name or address clients continue on (farms)", metavar="HOST"
     )
@@ -92,6 +101,18 @@ class UploadDirectory:
         DEFAULT_ERROR_HEADERS, "the error headers Acks carry", metavar="HEADER"
     )
     identity: Identity | None = field(default=None, compare=False, metadata={"flag": False})
+    #: the scan gate (``serve --scan-command``/``--scan-yara`` build one): bits_wsgi.scan
+    scanner: Scanner | None = field(default=None, compare=False, metadata={"flag": False})
+    scan_timeout: float = _option(
+        300.0,
+        "seconds a scan may take; past it the upload is not published and the client retries",
+        metavar="SECONDS",
+    )
+    quarantine_dir: Path | None = _option(
+        None,
+        "where uploads the scan refuses go, outside every upload root (needed with a scan)",
+        metavar="PATH",
+    )
     notification_type: NotificationType = _option("none", "upload-reply notifications")
     notification_url: str | Callable[[Upload], Reply] | None = field(
         default=None,
@@ -109,6 +130,8 @@ class UploadDirectory:
         object.__setattr__(self, "upload_dir", Path(os.path.abspath(self.upload_dir)))
         object.__setattr__(self, "prefix", normalise_prefix(self.prefix))
         object.__setattr__(self, "error_headers", tuple(self.error_headers))
+        if self.quarantine_dir is not None:
+            object.__setattr__(self, "quarantine_dir", Path(os.path.abspath(self.quarantine_dir)))
         self._validate()
 
     def _validate(self) -> None:
@@ -127,6 +150,17 @@ class UploadDirectory:
             problems.append("max_sessions must not be negative")
         if self.min_free_disk is not None and self.min_free_disk < 0:
             problems.append("min_free_disk must not be negative")
+        if self.quota_bytes_per_day is not None and self.quota_bytes_per_day < 0:
+            problems.append("quota_bytes_per_day must not be negative")
+        if self.scan_timeout <= 0:
+            problems.append("scan_timeout must be positive")
+        if self.scanner is not None and self.quarantine_dir is None:
+            problems.append("a scanner needs quarantine_dir, outside the upload root")
+        if self.quarantine_dir is not None:
+            root = Path(os.path.realpath(self.upload_dir))
+            quarantine = Path(os.path.realpath(self.quarantine_dir))
+            if quarantine.is_relative_to(root) or root.is_relative_to(quarantine):
+                problems.append("quarantine_dir must lie outside the upload root, and not hold it")
         if self.host_id is not None and not 0 < len(self.host_id) <= 300:
             problems.append("host_id must be 1 to 300 characters")
         if self.host_id is not None and any(c.isspace() for c in self.host_id):

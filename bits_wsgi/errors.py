@@ -142,6 +142,18 @@ class ServiceUnavailable(BITSError):
     status = 503
 
 
+class QuotaReached(ServiceUnavailable):
+    """The identity stored its bytes for the day: transient, until the next UTC day."""
+
+    def __init__(self, message: str, *, seconds_left: int) -> None:
+        super().__init__(message)
+        self._seconds_left = seconds_left
+
+    @property
+    def retry_after(self) -> int | None:
+        return self._seconds_left
+
+
 class DiskFull(BITSError):
     status = 500
     hresult = E_DISK_FULL

@@ -81,6 +81,18 @@ EXERCISED: list[tuple[str, str]] = [
         "tests/integration/test_webhooks_serve.py::test_serve_delivers_each_upload_once",
     ),
     (
+        r"bits-wsgi serve /srv/uploads --scan-yara \S+ --quarantine-dir \S+",
+        "tests/integration/test_scan_serve.py::test_serve_scans_with_yara_and_quarantines",
+    ),
+    (
+        r'bits-wsgi serve /srv/uploads --scan-command "clamdscan .*',
+        f"{NOT_RUNNABLE}: no ClamAV daemon here; tests/test_scan_gate.py runs a fake command",
+    ),
+    (
+        r"bits-wsgi serve /srv/uploads --users-file users --quota-bytes-per-day \d+",
+        "tests/test_quotas.py::test_past_the_quota_fragments_wait_for_the_next_day",
+    ),
+    (
         r"bits-wsgi (deliver|events) (/srv/uploads|ROOT).*",
         "tests/test_webhooks.py::test_dead_letters_are_listed_and_replayed_by_the_cli",
     ),

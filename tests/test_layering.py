@@ -15,7 +15,9 @@ ALLOWED = {
     "session": {"errors", "protocol"},
     "paths": {"errors", "protocol"},
     "wsgi.body": {"errors"},
-    "config": {"protocol", "notify"},  # notify: plain values and rules, nothing that runs
+    # notify, scan: plain values and rules, nothing that runs
+    "config": {"protocol", "notify", "scan"},
+    "scan": set(),
     "events": set(),
     "webhooks": set(),
     "server.sweeper": set(),

@@ -21,6 +21,7 @@ from ..wsgi.middleware import BITSMiddleware
 from .auth import add_auth_arguments, with_authentication
 from .events import add_event_commands, add_webhook_arguments, webhooks_from
 from .options import add_backend_arguments, add_directory_options, build_backend, directory_from
+from .scan import add_scan_arguments, with_scanner
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_auth_arguments(serve)
     add_webhook_arguments(serve, required=False)
+    add_scan_arguments(serve)
     serve.add_argument(
         "--server",
         choices=["waitress", "gunicorn", "granian"],
@@ -263,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_app(args: argparse.Namespace) -> WSGIApplication:
-    directory = directory_from(args, args.root)
+    directory = with_scanner(directory_from(args, args.root), args)
     inner = import_app(args.app) if args.app else front_page(directory.prefix)
     metrics = None
     if args.metrics_path:

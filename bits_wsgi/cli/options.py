@@ -70,9 +70,10 @@ def directory_from(args: argparse.Namespace, root: str | os.PathLike[str]) -> Up
 
 
 def _scalar(kind: Any) -> type:
-    """``int | None`` -> int, ``str | Callable | None`` -> str: the type a flag's text becomes."""
+    """``int | None`` -> int, ``str | Callable | None`` -> str, ``Path | None`` -> Path: the type
+    a flag's text becomes."""
     candidates = typing.get_args(kind) or (kind,)
-    for candidate in (int, float, str):
+    for candidate in (int, float, Path, str):
         if candidate in candidates:
             return candidate
     raise TypeError(f"no flag type for {kind!r}")

@@ -60,6 +60,11 @@ def likely_cause(packet_type: str, ack: ReceivedAck) -> str:
         return "the server wants credentials (--user NAME:PASSWORD), or refused these"
     if status == 403 and packet_type == "Create-Session":
         return "the destination exists and the server does not overwrite"
+    if status == 403 and packet_type == "Fragment":
+        return (
+            "the server refused the upload (its scan refused the content, or the destination "
+            "appeared meanwhile), or this session belongs to other credentials"
+        )
     if status == 403:
         return "the server refuses this session to these credentials"
     if code == E_DISK_FULL:

@@ -58,7 +58,9 @@ from ..webhooks import Webhooks
 from .completions import Completions
 from .digest import UploadDigests
 from .disk_floor import DiskFloor
+from .quotas import Quotas
 from .replies import Replies, ReplyUnavailable, RequestInfo
+from .scan_gate import ScanGate
 from .upkeep import SWEEP_INTERVAL, Upkeep
 
 log = logging.getLogger("bits_wsgi")
@@ -107,6 +109,16 @@ class UploadServer:
                 raise ValueError("webhooks need a backend that keeps an outbox")
             self.completions = Completions(backend.outbox, webhooks, directory, clock=clock)
         self.digests = UploadDigests(self._files)
+        self.scan_gate: ScanGate | None = None
+        if directory.scanner is not None:
+            if self._files is None:
+                raise ValueError("the scan gate needs a backend that keeps files on this host")
+            self.scan_gate = ScanGate(directory, directory.scanner)
+        self.quotas: Quotas | None = None
+        if directory.quota_bytes_per_day is not None:
+            if backend.usage is None:
+                raise ValueError("quota_bytes_per_day needs a backend that counts usage")
+            self.quotas = Quotas(directory.quota_bytes_per_day, backend.usage, clock=clock)
         data = [self._files.data_path(_ANY_SESSION).parent] if self._files is not None else []
         self.disk_floor = DiskFloor(directory.min_free_disk, [directory.upload_dir, *data])
         self._clock = clock
@@ -171,6 +183,8 @@ class UploadServer:
         # bounds them (§9.1, D23), or the 51st machine of a fleet would wait for days.
         if limit and request.identity and self._count_live_sessions(request.identity) >= limit:
             raise ServiceUnavailable(f"session limit reached for {request.identity!r}")
+        if self.quotas is not None:
+            self.quotas.check_room(request.identity)
         if self.disk_floor.reached():
             # Running sessions finish in the room that is left; a new one waits (§5.2: 503).
             raise ServiceUnavailable(f"less than {settings.min_free_disk} bytes of disk free")
@@ -286,6 +300,8 @@ class UploadServer:
         if plan.action is FragmentAction.DUPLICATE:
             return self._touched(record, Ack(received=record.received))
 
+        quotas, identity = self.quotas, request.identity
+        counted = quotas.take(identity, packet.range.total, plan.write) if quotas else 0
         try:
             body.skip(plan.skip)
             chunks = body.chunks(plan.write)
@@ -295,9 +311,13 @@ class UploadServer:
             written = self.backend.write(record.id, record.received, stream)
         except ShortBody as exc:
             self.digests.forget(record.id)
+            if quotas is not None:
+                quotas.give_back(identity, counted)
             raise InvalidRequest(f"fragment body incomplete: {exc}") from exc
         except OSError as exc:
             self.digests.forget(record.id)
+            if quotas is not None:
+                quotas.give_back(identity, counted)
             if exc.errno in _DISK_FULL_ERRNOS:
                 raise DiskFull("no space left for the upload") from exc
             raise
@@ -325,6 +345,7 @@ class UploadServer:
         step that did not: a cached notification is never sent again.
         """
         self.backend.sync(record.id)
+        verdict = self._scanned(record) if self.scan_gate is not None else None
         record.advance(Trigger.ALL_BYTES)
         try:
             if self.replies is not None and not record.notified:
@@ -345,7 +366,7 @@ class UploadServer:
         )
         sha256 = self.digests.sha256(record) if self._wants_sha256 else None
         if record.committed or not self._copy_due(record):
-            self._completed(record, sha256)
+            self._completed(record, sha256, verdict=verdict)
         # A lost final record is recovered by the next final fragment: the commit is idempotent
         # and the NotifyCache was stored durably above, so no directory fsync is needed here.
         ack = self._saved(record, self._final_ack(record))
@@ -357,14 +378,39 @@ class UploadServer:
     def _wants_sha256(self) -> bool:
         return self.completions is not None or self.events.wants("upload_complete")
 
-    def _completed(self, record: SessionRecord, sha256: str | None) -> None:
+    def _completed(
+        self,
+        record: SessionRecord,
+        sha256: str | None,
+        *,
+        verdict: str | None = None,
+        quarantine: Path | None = None,
+    ) -> None:
         """Into the outbox, durably, before the Ack that tells the client (if webhooks are on)."""
         if self.completions is None:
             return
         path = None
         if record.committed:
             path = paths.resolve_destination(self.directory.upload_dir, record.destination)
-        self.completions.record(record, sha256=sha256, path=path)
+        self.completions.record(
+            record, sha256=sha256, path=path, verdict=verdict, quarantine=quarantine
+        )
+
+    def _scanned(self, record: SessionRecord) -> str:
+        """The scan gate before anything is published: "clean", or the session ends refused
+        (403, fatal for Windows) with its bytes in quarantine; a failed scan is a 503."""
+        assert self.scan_gate is not None and self._files is not None
+        if record.committed:
+            return "clean"  # scanned before this commit, by an earlier final fragment
+        data = self._files.data_path(record.id)
+        verdict = self.scan_gate.inspect(record, data)
+        if verdict.clean:
+            return "clean"
+        sha256 = self.digests.sha256(record)
+        quarantined = self.scan_gate.quarantine(record, data, verdict, sha256)
+        self._completed(record, sha256, verdict="refused", quarantine=quarantined)
+        self._tombstone(record, Trigger.CANCEL, durable=True)
+        raise AccessDenied(f"refused by the scan: {verdict.reason}")
 
     def _final_ack(self, record: SessionRecord) -> Ack:
         return Ack(received=record.received, reply_url=record.reply_url)
@@ -441,7 +487,8 @@ class UploadServer:
         if committing:
             # commit_on="close" (a 403 here keeps the session as it is)
             self._commit(record)
-            self._completed(record, self.digests.sha256(record) if self.completions else None)
+            sha256 = self.digests.sha256(record) if self.completions else None
+            self._completed(record, sha256, verdict="clean" if self.scan_gate else None)
         return self._tombstone(record, Trigger.CLOSE, durable=committing)
 
     def _cancel(self, record: SessionRecord) -> Ack:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..backends import Backend
 from ..config import UploadDirectory
@@ -84,6 +84,9 @@ class Snapshot:
     unreadable: int = 0
     #: ``min_free_disk``: below it new sessions wait (None: no floor)
     disk_floor: int | None = None
+    #: ``quota_bytes_per_day`` (None: no quota), and the biggest users of today
+    quota: int | None = None
+    stored_today: dict[str, int] = field(default_factory=dict)
 
     @property
     def below_floor(self) -> bool:
@@ -109,6 +112,15 @@ class Snapshot:
                 "disk_floor": self.disk_floor,
                 "below_disk_floor": self.below_floor,
                 "backend": "ok" if self.backend_error is None else self.backend_error,
+            },
+            "quota": {
+                "bytes_per_day": self.quota,
+                "stored_today": self.stored_today,
+                "reached": sorted(
+                    identity
+                    for identity, stored in self.stored_today.items()
+                    if self.quota is not None and stored >= self.quota
+                ),
             },
             "truncated": self.truncated,
             "unreadable": self.unreadable,
@@ -155,6 +167,12 @@ def snapshot(
         disk_free, disk_total = usage.free, usage.total
     except OSError:
         pass  # the root is not made yet: unknown, not an error
+    stored_today: dict[str, int] = {}
+    if directory.quota_bytes_per_day is not None and backend.usage is not None:
+        try:
+            stored_today = backend.usage.day_totals(int(clock() // 86_400), RECENT)
+        except OSError as exc:
+            backend_error = f"unavailable: {exc}"
     return Snapshot(
         prefix=directory.prefix,
         taken=clock(),
@@ -167,6 +185,8 @@ def snapshot(
         truncated=truncated,
         unreadable=unreadable,
         disk_floor=directory.min_free_disk,
+        quota=directory.quota_bytes_per_day,
+        stored_today=stored_today,
     )
 
 

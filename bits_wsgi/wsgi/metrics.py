@@ -22,7 +22,8 @@ Counters and the histogram (all prefixed ``bits_``):
 
 Gauges, read when the metrics are: ``disk_free_bytes{directory}``, the least free space of the
 filesystems a directory's uploads fill, and ``disk_floor_bytes{directory}``, its
-``min_free_disk`` (new sessions get 503 below it), where one is set.
+``min_free_disk`` (new sessions get 503 below it), where one is set; ``quota_bytes_per_day``
+and ``quota_identities_reached{directory}`` (identities whose day is used up), where a quota is.
 """
 
 from __future__ import annotations
@@ -42,6 +43,15 @@ class FreeSpace(Protocol):
     def minimum(self) -> int | None: ...
 
     def free(self) -> int | None: ...
+
+
+class QuotaUse(Protocol):
+    """What the quota gauges read (``server.quotas.Quotas``)."""
+
+    @property
+    def quota(self) -> int: ...
+
+    def identities_at_quota(self) -> int: ...
 
 
 #: From a 64 KiB fragment on loopback to a 13 MB one on a slow link.
@@ -89,6 +99,10 @@ class PrometheusMetrics:
         """Report ``floor``'s free space (and the floor) for the directory at that prefix."""
         self._disks.watched.append((directory, floor))
 
+    def watch_quota(self, directory: str, quotas: QuotaUse) -> None:
+        """Report ``quota_bytes_per_day`` and who reached it today, for ``directory``."""
+        self._disks.quotas.append((directory, quotas))
+
     def attach(self, events: Events) -> None:
         """Count session events (never ``upload_complete``, whose hooks cost a sha256)."""
         for kind in _SESSION_EVENTS:
@@ -128,10 +142,12 @@ _PACKETS = frozenset(["Ping", "Create-Session", "Fragment", "Close-Session", "Ca
 
 
 class _DiskCollector:
-    """The disk gauges, computed when the metrics are read (a prometheus_client collector)."""
+    """The disk and quota gauges, computed when the metrics are read (a prometheus_client
+    collector)."""
 
     def __init__(self) -> None:
         self.watched: list[tuple[str, FreeSpace]] = []
+        self.quotas: list[tuple[str, QuotaUse]] = []
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
@@ -152,6 +168,19 @@ class _DiskCollector:
                 floor.add_metric([directory], disk.minimum)
         yield free
         yield floor
+        quota = GaugeMetricFamily(
+            "bits_quota_bytes_per_day", "quota_bytes_per_day per identity", labels=["directory"]
+        )
+        reached = GaugeMetricFamily(
+            "bits_quota_identities_reached",
+            "identities that used up today's quota (their packets get 503 until tomorrow)",
+            labels=["directory"],
+        )
+        for directory, use in self.quotas:
+            quota.add_metric([directory], use.quota)
+            reached.add_metric([directory], use.identities_at_quota())
+        yield quota
+        yield reached
 
     def describe(self) -> Iterator[Any]:
         return iter(())

@@ -62,7 +62,7 @@ from .body import BodyReader
 from .downloads import serve_reply
 from .in_process import WsgiTarget
 from .observe import PacketRecord
-from .roots import check_roots
+from .roots import check_quarantines, check_roots
 from .status import StatusPage
 
 if TYPE_CHECKING:
@@ -121,6 +121,7 @@ class BITSMiddleware:
         if len(set(prefixes)) != len(prefixes):
             raise ValueError(f"duplicate upload prefixes: {prefixes}")
         check_roots(configured)
+        check_quarantines(configured)
         if backend is not None and len(configured) != 1:
             raise ValueError("a backend instance serves exactly one upload directory")
         #: hooks the application registers: ``@middleware.events.on_upload_complete`` ...
@@ -147,6 +148,8 @@ class BITSMiddleware:
             metrics.attach(self.events)
             for server in self.servers:
                 metrics.watch_disk(server.directory.prefix, server.disk_floor)
+                if server.quotas is not None:
+                    metrics.watch_quota(server.directory.prefix, server.quotas)
         if status_path is not None and not status_path.startswith("/"):
             raise ValueError("status_path must start with /")
         self.status_path = status_path

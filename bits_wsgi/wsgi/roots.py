@@ -35,3 +35,18 @@ def check_roots(directories: Sequence[UploadDirectory]) -> None:
                 f"{matching_prefix}: clients of {outer.prefix} could write into its files and "
                 "state; give each upload directory a root of its own"
             )
+
+
+def check_quarantines(directories: Sequence[UploadDirectory]) -> None:
+    """A quarantine lies outside every upload root: what it holds is never served or listed."""
+    roots = [Path(os.path.realpath(d.upload_dir)) for d in directories]
+    for directory in directories:
+        if directory.quarantine_dir is None:
+            continue
+        quarantine = Path(os.path.realpath(directory.quarantine_dir))
+        for root in roots:
+            if quarantine.is_relative_to(root) or root.is_relative_to(quarantine):
+                raise ValueError(
+                    f"quarantine {directory.quarantine_dir} and upload root {root} overlap: a "
+                    "quarantine must lie outside every upload root"
+                )

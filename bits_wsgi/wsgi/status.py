@@ -215,6 +215,15 @@ def render_html(snapshots: Sequence[Snapshot], failures: Sequence[dict[str, obje
                 f'<tr><td>{name}</td><td class="num">{totals.sessions}</td>'
                 f'<td class="num">{_size(totals.received)}</td></tr>'
             )
+        if shot.quota is not None:
+            parts.append(f"</table><h3>Stored today (quota {_size(shot.quota)} a day)</h3>")
+            parts.append("<table><tr><th>identity</th><th>bytes today</th><th></th></tr>")
+            for identity, stored in shot.stored_today.items():
+                reached = '<span class="bad">quota reached: waits for tomorrow</span>'
+                parts.append(
+                    f'<tr><td>{e(identity)}</td><td class="num">{_size(stored)}</td>'
+                    f"<td>{reached if stored >= shot.quota else ''}</td></tr>"
+                )
         parts.append(f"</table><h3>Ended lately</h3><table>{_HEAD}")
         parts.extend(_row(view, now) for view in shot.recent)
         parts.append("</table>")
