@@ -55,8 +55,15 @@ def serve_waitress() -> Iterator[Callable[[WSGI], int]]:
 
     yield start
     for server, thread in servers:
-        server.close()
+        # Closed in the server's own loop: closing its sockets from this thread while the loop
+        # selects on them made select() fail with EBADF (seen once in a full run).
+        def close_all(server: Any = server) -> None:
+            for dispatcher in list(server._map.values()):
+                dispatcher.close()
+
+        server.trigger.pull_trigger(close_all)
         thread.join(10)
+        server.task_dispatcher.shutdown()
 
 
 def connection_id(environ: dict[str, Any]) -> int:

@@ -287,3 +287,26 @@ def test_a_backend_without_an_outbox_is_refused(upload_dir: Path) -> None:
             sweep_interval=None,
             webhooks=webhooks(f"http://127.0.0.1:{free_port()}/"),
         )
+
+
+def test_settled_events_are_pruned_after_the_retention(
+    upload_dir: Path, receiver: Receiver
+) -> None:
+    """Delivered and dead events stay listed for ``retention``, then go: the outbox does not
+    grow with every upload ever made (pending ones stay until delivered)."""
+    clock = Clock()
+    hooks = webhooks(receiver.url, deliver=False, retention=3600.0)
+    server = server_with(upload_dir, hooks, clock=clock)
+    ServerClient(server, path="/a.dmp").upload(DATA)
+    outbox = server.backend.outbox
+    assert outbox is not None
+    deliverer = Deliverer(outbox, hooks, clock=clock)
+    deliverer.deliver_due()
+    assert [e.state for e in outbox.entries()] == ["delivered"]
+    clock.now += 1800
+    ServerClient(server, path="/b.dmp").upload(DATA)  # pending, its receiver answers later
+    receiver.status = 500
+    deliverer.deliver_due()
+    clock.now += 3600 + 1  # past the retention of the first, and a prune is due again
+    deliverer.deliver_due()
+    assert [json.loads(e.body)["destination"] for e in outbox.entries()] == ["b.dmp"]
