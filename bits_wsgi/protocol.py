@@ -50,18 +50,17 @@ class PacketType(enum.Enum):
     @classmethod
     def parse(cls, value: str | None) -> PacketType:
         """Case-insensitive (D6); a client's ``Ack`` or anything else is invalid."""
-        if value is not None:
-            wanted = value.strip().lower()
-            for member in cls:
-                if member.value.lower() == wanted:
-                    return member
-        raise InvalidRequest(f"invalid BITS-Packet-Type {value!r}")
+        member = None if value is None else _PACKET_TYPES.get(value.strip().lower())
+        if member is None:
+            raise InvalidRequest(f"invalid BITS-Packet-Type {value!r}")
+        return member
 
     @property
     def carries_session_id(self) -> bool:
         return self in _SESSION_PACKETS
 
 
+_PACKET_TYPES = {member.value.lower(): member for member in PacketType}
 _SESSION_PACKETS = frozenset(
     {PacketType.FRAGMENT, PacketType.CLOSE_SESSION, PacketType.CANCEL_SESSION}
 )

@@ -24,7 +24,10 @@ backend keeps its completion events and quota counts in the same database.
 
 from __future__ import annotations
 
+import copy
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
 from ..session import SessionRecord, decode_record, encode_record
@@ -40,6 +43,9 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE INDEX IF NOT EXISTS active_by_owner ON sessions (owner, id) WHERE tombstone IS NULL;
 CREATE INDEX IF NOT EXISTS tombstones_by_age ON sessions (tombstone) WHERE tombstone IS NOT NULL;
 """
+#: Records a process keeps decoded, by their stored bytes (a middle fragment writes no record,
+#: so the next one reads the same bytes and needs no JSON decoding).
+DECODED_CACHE = 1024
 
 
 class SqliteRecords:
@@ -52,6 +58,8 @@ class SqliteRecords:
         self.path = self.database.path
         self._write = self.database.write
         self._read = self.database.read
+        self._decoded: OrderedDict[str, tuple[bytes, SessionRecord]] = OrderedDict()
+        self._decoded_guard = threading.Lock()
 
     def create(self, record: SessionRecord) -> None:
         self._write(
@@ -72,7 +80,20 @@ class SqliteRecords:
 
     def load(self, session_id: str) -> SessionRecord | None:
         rows = self._read("SELECT record FROM sessions WHERE id = ?", (session_id,))
-        return decode_record(session_id, rows[0][0]) if rows else None
+        if not rows:
+            return None
+        raw: bytes = rows[0][0]
+        with self._decoded_guard:
+            known = self._decoded.get(session_id)
+            if known is not None and known[0] == raw:
+                self._decoded.move_to_end(session_id)
+                return copy.copy(known[1])  # a copy: the caller changes its record
+        record = decode_record(session_id, raw)
+        with self._decoded_guard:
+            self._decoded[session_id] = (raw, copy.copy(record))
+            while len(self._decoded) > DECODED_CACHE:
+                self._decoded.popitem(last=False)
+        return record
 
     def save(self, record: SessionRecord, *, durable: bool = False) -> None:
         tombstone = record.last_activity if record.state.is_tombstone else None

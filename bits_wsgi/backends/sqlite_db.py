@@ -61,15 +61,21 @@ class SqliteDatabase:
     @contextlib.contextmanager
     def connection(self) -> Iterator[sqlite3.Connection]:
         """This process's connection, this thread's turn on it, SQLite's failures translated."""
-        with self._turn, _translated():
-            if self._db is None:
-                db = sqlite3.connect(
-                    self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-                )
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute(f"PRAGMA mmap_size={MMAP_SIZE}")
-                self._db, self._durable = db, False
-            yield self._db
+        with self._turn:
+            try:
+                yield self._db if self._db is not None else self._open()
+            except sqlite3.Error as exc:
+                raise _translation(exc) from exc
+
+    def _open(self) -> sqlite3.Connection:
+        """The process's connection, opened at its first statement (the caller has the turn)."""
+        db = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA mmap_size={MMAP_SIZE}")
+        self._db, self._durable = db, False
+        return db
 
     def durability(self, db: sqlite3.Connection, durable: bool) -> None:
         if durable != self._durable:
@@ -90,14 +96,25 @@ class SqliteDatabase:
                 raise
             db.execute("COMMIT")
 
+    # write() and read() take their turn without connection()'s generator: they run for every
+    # packet, and a generator-based context manager costs more than their statement.
+
     def write(self, sql: str, parameters: tuple[object, ...], *, durable: bool) -> int:
-        with self.connection() as db:
-            self.durability(db, durable)
-            return db.execute(sql, parameters).rowcount
+        with self._turn:
+            try:
+                db = self._db if self._db is not None else self._open()
+                self.durability(db, durable)
+                return db.execute(sql, parameters).rowcount
+            except sqlite3.Error as exc:
+                raise _translation(exc) from exc
 
     def read(self, sql: str, parameters: tuple[object, ...] = ()) -> list[Any]:
-        with self.connection() as db:
-            return db.execute(sql, parameters).fetchall()
+        with self._turn:
+            try:
+                db = self._db if self._db is not None else self._open()
+                return db.execute(sql, parameters).fetchall()
+            except sqlite3.Error as exc:
+                raise _translation(exc) from exc
 
 
 #: Connections a forked child inherited: kept open, never used. Closing one in the child could
@@ -116,17 +133,13 @@ def _forked(database: SqliteDatabase | None) -> None:
     database._db = None
 
 
-@contextlib.contextmanager
-def _translated() -> Iterator[None]:
+def _translation(exc: sqlite3.Error) -> Exception:
     """SQLite's failures as the server answers them: a full disk is ENOSPC (500, disk full),
     an I/O error is EIO, and anything else (a lock held past the busy timeout, a database that
     cannot be opened) makes the store unavailable (503), never an internal error."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        code = getattr(exc, "sqlite_errorcode", None)
-        if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
-            raise OSError(errno.ENOSPC, f"sqlite: {exc}") from exc
-        if code is not None and code & 0xFF == sqlite3.SQLITE_IOERR:
-            raise OSError(errno.EIO, f"sqlite: {exc}") from exc
-        raise BackendUnavailable(f"sqlite: {exc}") from exc
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
+        return OSError(errno.ENOSPC, f"sqlite: {exc}")
+    if code is not None and code & 0xFF == sqlite3.SQLITE_IOERR:
+        return OSError(errno.EIO, f"sqlite: {exc}")
+    return BackendUnavailable(f"sqlite: {exc}")
