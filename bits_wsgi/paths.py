@@ -96,7 +96,39 @@ def resolve_destination(root: Path, key: str) -> Path:
     Raises 400 if symlinks lead outside the root or into the state area, if the destination is an
     existing directory, or if something on the way is not a directory. Creates nothing.
     """
-    return _resolve(os.path.realpath(root), key)
+    return _resolve(real_root_of(root), key)
+
+
+#: An upload root's real path, by the root as configured, with the identity (device, inode) of
+#: the directory it named: a Create and a commit each resolve the root, and ``realpath`` costs an
+#: ``lstat`` and some Python per component of it (about 25 µs for a root three folders deep).
+_REAL_ROOTS: dict[str, tuple[tuple[int, int], str]] = {}
+_REAL_ROOTS_KEPT = 256
+
+
+def real_root_of(root: str | os.PathLike[str]) -> str:
+    """``os.path.realpath(root)``, computed again only when ``root`` names another directory
+    than it did (one ``stat`` instead of one ``lstat`` per component): an operator who points
+    the root's path, or a folder above it, elsewhere is followed at the next packet."""
+    configured = os.fspath(root)
+    try:
+        seen = os.stat(configured)
+    except OSError:
+        return os.path.realpath(configured)  # not there yet: nothing to remember
+    identity = (seen.st_dev, seen.st_ino)
+    known = _REAL_ROOTS.get(configured)
+    if known is not None and known[0] == identity:
+        return known[1]
+    real = os.path.realpath(configured)
+    try:
+        resolved = os.stat(real)
+    except OSError:
+        return real
+    if (resolved.st_dev, resolved.st_ino) == identity:  # not swapped between the two looks
+        if len(_REAL_ROOTS) >= _REAL_ROOTS_KEPT:
+            _REAL_ROOTS.clear()
+        _REAL_ROOTS[configured] = (identity, real)
+    return real
 
 
 def _resolve(real_root: str, key: str) -> Path:
@@ -160,7 +192,7 @@ def open_destination_parent(root: Path, key: str) -> Iterator[tuple[int, str]]:
     swapped for a symlink after the check (``renameat2(RENAME_EXCHANGE)`` by a local user) is
     an error, not a way out of the root: the commit links into the very folder that was walked.
     """
-    real_root = os.path.realpath(root)
+    real_root = real_root_of(root)
     resolved = _resolve(real_root, key)
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     try:

@@ -11,6 +11,7 @@ from bits_wsgi.errors import InvalidRequest
 from bits_wsgi.paths import (
     check_target_length,
     destination_key,
+    open_destination_parent,
     prepare_destination,
     resolve_destination,
 )
@@ -171,3 +172,19 @@ def test_the_reply_location_is_built_and_read_in_one_place() -> None:
     assert reply_session(f"bits-sessions/replies/{{{key}}}/responsefile.bin") == f"{{{key}}}"
     assert reply_session(f"BITS-Sessions/Replies/{{{key}}}/other.bin") == ""
     assert reply_session("dumps/f.bin") is None
+
+
+def test_a_root_pointed_elsewhere_is_followed_at_the_next_resolution(tmp_path: Path) -> None:
+    """The root's real path is remembered by the directory it named: pointing the root's
+    path at another directory is seen at once, not at the next restart."""
+    (tmp_path / "disk1").mkdir()
+    (tmp_path / "disk2").mkdir()
+    root = tmp_path / "uploads"
+    root.symlink_to(tmp_path / "disk1")
+    assert resolve_destination(root, "f.bin") == (tmp_path / "disk1" / "f.bin").resolve()
+    assert resolve_destination(root, "f.bin") == (tmp_path / "disk1" / "f.bin").resolve()
+    root.unlink()
+    root.symlink_to(tmp_path / "disk2")
+    assert resolve_destination(root, "f.bin") == (tmp_path / "disk2" / "f.bin").resolve()
+    with open_destination_parent(root, "f.bin") as (folder, name):
+        assert (os.stat(folder).st_ino, name) == ((tmp_path / "disk2").stat().st_ino, "f.bin")
