@@ -220,7 +220,8 @@ def test_dead_letters_are_listed_and_replayed_by_the_cli(
     assert row["id"] == client.session_id and row["event"]["destination"] == "a.dmp"
 
     receiver.status = 200
-    assert main(["events", str(upload_dir), "replay", str(client.session_id)]) == 0
+    bare = str(client.session_id).strip("{}").lower()  # as typed without quoting the braces
+    assert main(["events", str(upload_dir), "replay", bare]) == 0
     capsys.readouterr()
     assert main(["events", str(upload_dir), "--failed"]) == 0
     assert client.session_id not in capsys.readouterr().out

@@ -17,6 +17,7 @@ from .. import paths
 from ..backends import Backend, FilesystemBackend
 from ..backends.base import Outbox, OutboxEntry
 from ..escaping import client_text
+from ..protocol import SessionId
 from ..server.delivery import Deliverer
 from ..webhooks import Webhooks
 from .options import add_backend_arguments, build_backend
@@ -132,9 +133,11 @@ def events(args: argparse.Namespace) -> int:
     if args.action:
         if len(args.action) != 2 or args.action[0] != "replay":
             raise ValueError("events takes ROOT, or ROOT replay ID")
-        if not outbox.replay(args.action[1], time.time()):
+        parsed = SessionId.parse(args.action[1])  # braces optional, any case
+        event_id = parsed.wire if parsed is not None else args.action[1]
+        if not outbox.replay(event_id, time.time()):
             raise ValueError(f"no event {args.action[1]!r} in the outbox")
-        print(f"event {args.action[1]} is due again; a running deliverer sends it")
+        print(f"event {event_id} is due again; a running deliverer sends it")
         return 0
     entries = outbox.entries(dead_only=args.failed, limit=args.limit)
     if args.json:
