@@ -165,7 +165,7 @@ def test_a_fork_waits_for_the_sweep_in_progress(tmp_path: Path) -> None:
         server.upkeep.sweeper.first_delay = 0.0
         server.upkeep.sweeper.stop()  # the thread started by the constructor: replaced below
         server.upkeep.sweeper._stopped = threading.Event()
-        server.upkeep.sweeper._pid = None
+        server.upkeep.sweeper._thread._pid = None  # this process may start it again
         server.upkeep.sweeper.ensure_running()
         assert holding.wait(10)
         threading.Timer(0.3, release.set).start()  # the sweep ends a little later

@@ -13,7 +13,6 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import os
 import random
 import ssl
 import threading
@@ -31,6 +30,7 @@ from ..webhooks import (
     Webhooks,
     signature,
 )
+from .per_process import PerProcess
 
 log = logging.getLogger("bits_wsgi.delivery")
 
@@ -86,8 +86,7 @@ class Deliverer:
         self._send = send
         self._wake = threading.Event()
         self._stopped = threading.Event()
-        self._pid: int | None = None
-        self._starting = threading.Lock()
+        self._thread = PerProcess()
         self._pruned = 0.0
 
     @property
@@ -179,19 +178,11 @@ class Deliverer:
 
     def ensure_running(self) -> None:
         """Start the thread in this process unless it runs here already (a cheap check)."""
-        if self._pid == os.getpid():
-            return
-        with self._starting:
-            if self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-            this = weakref.ref(self)
-            threading.Thread(
-                target=_run,
-                args=(this, self._wake, self._stopped),
-                name="bits-wsgi-deliver",
-                daemon=True,
-            ).start()
+        self._thread.ensure(self._start)
+
+    def _start(self) -> None:
+        loop = (weakref.ref(self), self._wake, self._stopped)
+        threading.Thread(target=_run, args=loop, name="bits-wsgi-deliver", daemon=True).start()
 
     def wake(self) -> None:
         self._wake.set()

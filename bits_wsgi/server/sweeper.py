@@ -21,6 +21,8 @@ import threading
 import weakref
 from collections.abc import Callable
 
+from .per_process import PerProcess
+
 log = logging.getLogger("bits_wsgi")
 
 
@@ -39,19 +41,15 @@ class Sweeper:
         #: held by every sweep of the server, and across a fork
         self.guard = guard
         self._stopped = threading.Event()
-        self._pid: int | None = None
-        self._starting = threading.Lock()
+        self._thread = PerProcess()
         _LIVE.add(self)
 
     def ensure_running(self) -> None:
         """Start the thread in this process unless it runs here already (a cheap check)."""
-        if self._pid == os.getpid():
-            return
-        with self._starting:
-            if self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-            threading.Thread(target=self._run, name="bits-wsgi-sweep", daemon=True).start()
+        self._thread.ensure(self._start)
+
+    def _start(self) -> None:
+        threading.Thread(target=self._run, name="bits-wsgi-sweep", daemon=True).start()
 
     def stop(self) -> None:
         self._stopped.set()
