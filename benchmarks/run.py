@@ -181,6 +181,11 @@ def servers(base: Path) -> dict[str, Server]:
             ],
         ),
         "peer": server("peer", [sys.executable, "benchmarks/peer.py", "{root}", "{port}"]),
+        # The peer's design made as durable as §10.2 asks: what durability costs that design.
+        "peer-durable": server(
+            "peer-durable",
+            [sys.executable, "benchmarks/peer.py", "{root}", "{port}", "durable"],
+        ),
     }
 
 
