@@ -5,8 +5,8 @@
 ``benchmarks.apps:baseline_fsync`` (read the body, write it at its offset, fsync the file with
 its last byte, answer a fixed Ack) or ``baseline_commit`` (the same, written to a file of its
 own that is then linked into place as §10.2 asks), served exactly as ``serve`` serves the
-project: the same
-worker processes, threads, read deadlines and body spooling (``bits_wsgi/cli/_waitress.py``).
+project: the same worker processes, threads and read deadlines (``bits_wsgi/cli/_engine.py``,
+the builtin server).
 What ``serve`` loses against the peer design beyond this is the project's own work; what this
 loses against the peer is the engine's and the fsync's.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from bits_wsgi.cli._waitress import serve
+from bits_wsgi.cli._engine import serve
 
 from .apps import baseline_commit, baseline_fsync
 
@@ -27,6 +27,6 @@ if __name__ == "__main__":
         host="127.0.0.1",
         port=int(sys.argv[1]),
         workers=2,
-        threads=8,
+        threads=512,
         largest_body=16 * 1024 * 1024,
     )

@@ -17,8 +17,6 @@ byte arrives now and then.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import socket
 import ssl
 import time
@@ -31,6 +29,7 @@ from waitress.server import TcpWSGIServer
 from waitress.task import WSGITask
 
 from ._tls import certificate_identity
+from ._workers import run_workers
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -227,71 +226,11 @@ def serve(
         ident="bits-wsgi",
         url_scheme="https" if tls is not None else "http",
     )
-    _Master(application, listener, adjustments, workers, tls).run()
-
-
-class _Master:
-    """Starts the workers, starts a new one when one dies, stops them all gracefully."""
-
-    def __init__(
-        self,
-        application: WSGIApplication,
-        listener: socket.socket,
-        adj: Adjustments,
-        count: int,
-        tls: ssl.SSLContext | None,
-    ) -> None:
-        self.application, self.listener, self.adj, self.count = application, listener, adj, count
-        self.tls = tls
-        self.workers: set[int] = set()
-        self.stopping: float | None = None
-
-    def run(self) -> None:
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
-        while True:
-            if self.stopping is None:
-                while len(self.workers) < self.count:
-                    self._spawn()
-            elif not self.workers:
-                return
-            elif time.monotonic() - self.stopping > GRACEFUL_TIMEOUT + 5:
-                for pid in self.workers:
-                    os.kill(pid, signal.SIGKILL)
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                pid = 0
-            if pid:
-                self.workers.discard(pid)
-                if self.stopping is None:
-                    log.error("worker %d exited (%s); starting another", pid, status)
-            else:
-                time.sleep(0.1)
-
-    def _stop(self, signum: int, frame: Any) -> None:
-        if self.stopping is None:
-            self.stopping = time.monotonic()
-            for pid in self.workers:
-                os.kill(pid, signal.SIGTERM)
-
-    def _spawn(self) -> None:
-        # A stop signal that arrives while the child is being made waits until the child has
-        # its own handlers: it would otherwise run the master's handler in the child, and the
-        # child would never stop.
-        stops = {signal.SIGTERM, signal.SIGINT}
-        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
-        pid = os.fork()
-        if pid:
-            self.workers.add(pid)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
-            return
-        try:
-            _work(self.application, self.listener, self.adj, self.tls)
-        except BaseException:
-            log.exception("worker failed")
-            os._exit(1)
-        os._exit(0)
+    run_workers(
+        lambda stop: _work(application, listener, adjustments, tls, stop),
+        workers,
+        GRACEFUL_TIMEOUT,
+    )
 
 
 def _work(
@@ -299,11 +238,8 @@ def _work(
     listener: socket.socket,
     adj: Adjustments,
     tls: ssl.SSLContext | None,
+    stop: list[int],
 ) -> None:
-    stop: list[int] = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
-    signal.signal(signal.SIGINT, lambda signum, frame: stop.append(signum))
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     sockinfo = (listener.family, listener.type, listener.proto, listener.getsockname())
     server = DeadlineServer(
         application, _sock=listener, adj=adj, bind_socket=False, sockinfo=sockinfo

@@ -133,11 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_scan_arguments(serve)
     serve.add_argument(
         "--server",
-        choices=["waitress", "gunicorn", "granian"],
-        default="waitress",
-        help="the HTTP server to run on: waitress holds crowds of slow connections and drops "
-        "those under 240 bytes/s; gunicorn gives each request in flight a thread; granian "
-        "holds each body in memory; see docs/benchmarks.md (default: %(default)s)",
+        choices=["builtin", "waitress", "gunicorn", "granian"],
+        default=None,
+        help="the HTTP server to run on: builtin keeps idle connections and arriving heads in "
+        "an event loop, streams each body from its socket and drops requests under 240 "
+        "bytes/s; waitress does the same with bodies spooled to temporary files, and speaks "
+        "TLS; gunicorn gives each request in flight a thread; granian holds each body in "
+        "memory; see docs/benchmarks.md (default: builtin, waitress with --certfile)",
     )
     serve.add_argument(
         "--certfile",
@@ -159,7 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
         "name is the identity that owns the client's sessions (default: none required)",
     )
     serve.add_argument("--workers", type=int, default=2, help="(default: %(default)s)")
-    serve.add_argument("--threads", type=int, default=8, help="per worker (default: %(default)s)")
+    serve.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="per worker: requests served at once (builtin starts them as requests need them; "
+        "default: 512 on builtin, 8 on the others)",
+    )
     serve.add_argument("--log-level", default="info", help="(default: %(default)s)")
 
     upload = commands.add_parser("upload", help="upload FILE to a BITS server at URL")

@@ -1,5 +1,5 @@
-"""``bits-wsgi serve``: the upload server on an embedded HTTP server (gunicorn, granian or
-waitress)."""
+"""``bits-wsgi serve``: the upload server on an embedded HTTP server (its own, waitress,
+gunicorn or granian)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,16 @@ from .options import directory_from
 log = logging.getLogger("bits_wsgi.serve")
 
 
+#: Requests one worker serves at once, by server: builtin's threads wait on slow bodies and are
+#: started only as requests need them; the others' are started up front.
+DEFAULT_THREADS = {"builtin": 512}
+
+
 def serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if args.server is None:
+        args.server = "waitress" if args.certfile else "builtin"  # builtin speaks plain HTTP
+    if args.threads is None:
+        args.threads = DEFAULT_THREADS.get(args.server, 8)
     if args.metrics_path and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         _share_metrics_between_workers()
     app = build_app(args)  # configuration errors surface here, before any server starts
@@ -44,6 +53,18 @@ def serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
             threads=args.threads,
             certfile=args.certfile,
             keyfile=args.keyfile,
+        )
+        return 0
+    if args.server == "builtin":
+        from ._engine import serve as serve_builtin
+
+        serve_builtin(
+            app,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            threads=args.threads,
+            largest_body=directory_from(args, args.root).discard_limit,
         )
         return 0
     if args.server == "waitress":
@@ -88,6 +109,11 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
         if args.keyfile or args.client_ca:
             raise ValueError("--keyfile and --client-ca go with --certfile")
         return None
+    if args.server == "builtin":
+        raise ValueError(
+            "--server builtin speaks plain HTTP: serve HTTPS with --server waitress or gunicorn "
+            "(the default with --certfile), or behind a proxy that ends TLS"
+        )
     if args.client_ca and args.server == "granian":
         raise ValueError(
             "client certificates (--client-ca) need --server waitress or gunicorn: granian "

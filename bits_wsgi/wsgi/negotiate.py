@@ -60,9 +60,10 @@ MAX_TOKEN = 64 * 1024
 
 
 def connection_of(environ: WSGIEnvironment) -> object | None:
-    """The serving stack's object for the request's connection, if it shows one: gunicorn's
-    socket, Werkzeug's socket, waitress's channel (the owner of its disconnect check)."""
-    for key in ("gunicorn.socket", "werkzeug.socket"):
+    """The serving stack's object for the request's connection, if it shows one: the builtin
+    server's connection, gunicorn's socket, Werkzeug's socket, waitress's channel (the owner of
+    its disconnect check)."""
+    for key in ("bits_wsgi.connection", "gunicorn.socket", "werkzeug.socket"):
         connection: object | None = environ.get(key)
         if connection is not None:
             return connection

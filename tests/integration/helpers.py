@@ -91,8 +91,9 @@ class Server:
 
 PROJECT = Path(__file__).resolve().parents[2]
 
-#: The server `bits-wsgi serve` runs on in these tests: its default, waitress, unless asked.
-SERVE_SERVER = os.environ.get("BITS_WSGI_TEST_SERVER", "waitress")
+#: The server `bits-wsgi serve` runs on in these tests: its default (builtin; waitress with
+#: --certfile) unless a test or the environment asks for another.
+SERVE_SERVER = os.environ.get("BITS_WSGI_TEST_SERVER")
 
 
 def start_serve(
@@ -113,9 +114,12 @@ def start_serve(
     entry = ["tests.integration.crashing_serve", *crash] if crash else ["bits_wsgi"]
     command = [sys.executable, "-m", *entry, "serve", str(root), "--port", str(port), *args]
     kind = server or SERVE_SERVER
-    command += ["--server", kind]
+    if kind is not None:
+        command += ["--server", kind]
+    else:
+        kind = "waitress" if "--certfile" in args else "builtin"
     started = Server(command, port, log, cwd=PROJECT if crash else None, env=env)
-    if kind in ("gunicorn", "waitress"):
+    if kind in ("builtin", "gunicorn", "waitress"):
         # The port opens before the master has forked every worker; a test that signals the
         # group at once could miss a worker still being forked.
         workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 2

@@ -22,7 +22,7 @@ from .helpers import RawBits, bits_serve, owners
 
 pytestmark = pytest.mark.integration
 
-SERVERS = pytest.mark.parametrize("server_kind", ["waitress", "gunicorn"])
+SERVERS = pytest.mark.parametrize("server_kind", ["builtin", "waitress", "gunicorn"])
 
 
 @pytest.fixture(scope="module")
