@@ -5,9 +5,12 @@ application's answer framed (Content-Length, chunked, or to the connection's clo
 
 from __future__ import annotations
 
+import array
+import fcntl
 import logging
 import select
 import sys
+import termios
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -43,6 +46,8 @@ class Body:
         self._received = request.head_bytes + len(request.connection.buffer)
         self._min_rate, self._grace = min_rate, grace
         self.too_slow: str | None = None
+        self._fd = self._sock.fileno()
+        self._arrived = array.array("i", [0])
 
     def _recv(self, size: int) -> bytes:
         connection = self._connection
@@ -53,9 +58,14 @@ class Body:
         if self._expect_continue:
             self._expect_continue = False
             connection.send_all(b"HTTP/1.1 100 Continue\r\n\r\n", SEND_TIMEOUT)
+        arrived = self._arrived
         while True:
+            # As much as has arrived (the kernel's count), so that a slow client's read holds
+            # the few bytes it brought, not READ_MAX; with none counted, a small read finds
+            # the stream's end or finds nothing and waits.
+            fcntl.ioctl(self._fd, termios.FIONREAD, arrived)
             try:
-                data = self._sock.recv(min(size, READ_MAX))
+                data = self._sock.recv(min(size, READ_MAX, arrived[0] or 4096))
             except (BlockingIOError, InterruptedError):
                 while not connection.wait(select.POLLIN, WAIT):
                     self._check_rate()
