@@ -132,6 +132,10 @@ def servers(base: Path) -> dict[str, Server]:
             "serve-baseline-commit",
             [str(BIN / "python"), "-m", "benchmarks.engine_baseline", "{port}", "commit"],
         ),
+        "serve-baseline-sessions": server(
+            "serve-baseline-sessions",
+            [str(BIN / "python"), "-m", "benchmarks.engine_baseline", "{port}", "sessions"],
+        ),
         "serve-waitress": server("serve-waitress", [*serve, "--server", "waitress"]),
         "serve-gunicorn": server("serve-gunicorn", [*serve, "--server", "gunicorn"]),
         "serve-granian": server("serve-granian", [*serve, "--server", "granian"]),
@@ -254,6 +258,8 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario("1 client, 256 MiB, 1 MiB fragments", 1, 256 * MiB // scale, MiB),
         Scenario("1 client, 64 MiB, 64 KiB fragments", 1, 64 * MiB // scale, 64 * 1024),
         Scenario("8 clients x 32 MiB, 1 MiB fragments", 8, 32 * MiB // scale, MiB),
+        # Windows' largest fragment is about 13 MB: a dump sent as fast as BITS sends.
+        Scenario("1 client, 1 GiB, 13 MiB fragments", 1, 1024 * MiB // scale, 13 * MiB),
         Scenario(
             "2000 x 4 KiB uploads (create+fragment+close)",
             8,

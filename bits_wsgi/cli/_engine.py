@@ -31,6 +31,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ._http import Connection, Request, RequestError, parse_head, respond_error
+from ._workers import listen, run_workers
 from ._wsgi_request import run_request
 
 if TYPE_CHECKING:
@@ -248,37 +249,15 @@ class Worker:
             if request is None:
                 return
             connection = request.connection
-            try:
-                keep = run_request(
-                    self.application,
-                    request,
-                    largest_body=self.largest_body,
-                    min_rate=MIN_RATE,
-                    grace=GRACE,
-                    closing=self._is_stopping,
-                )
-            except Exception:
-                log.exception("request from %s failed", connection.host)
-                keep = False
+            keep = self._serve(request)
             while keep:
                 # The connection's next request, if it comes at once (a client uploading sends
                 # its next packet as soon as it has the Ack), is served here, without going
                 # through the loop.
-                request = self._next_request(connection)
-                if request is None:
+                following = self._next_request(connection)
+                if following is None:
                     break
-                try:
-                    keep = run_request(
-                        self.application,
-                        request,
-                        largest_body=self.largest_body,
-                        min_rate=MIN_RATE,
-                        grace=GRACE,
-                        closing=self._is_stopping,
-                    )
-                except Exception:
-                    log.exception("request from %s failed", connection.host)
-                    keep = False
+                keep = self._serve(following)
             if not keep:
                 connection.close()
             with self.lock:
@@ -286,6 +265,21 @@ class Worker:
             # A full wake-up pipe means the loop has wake-ups waiting already.
             with contextlib.suppress(BlockingIOError, InterruptedError):
                 self.wake_writer.send(b"\0")
+
+    def _serve(self, request: Request) -> bool:
+        """Run one request; whether its connection can take another."""
+        try:
+            return run_request(
+                self.application,
+                request,
+                largest_body=self.largest_body,
+                min_rate=MIN_RATE,
+                grace=GRACE,
+                closing=self._is_stopping,
+            )
+        except Exception:
+            log.exception("request from %s failed", request.connection.host)
+            return False
 
     def _is_stopping(self) -> bool:
         return self.stopping
@@ -331,11 +325,7 @@ def serve(
 ) -> None:
     """``largest_body``: the largest body the application answers (a larger Content-Length is
     refused with 413 before any of it is read)."""
-    from ._workers import run_workers
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.create_server((host, port), family=family, backlog=2048)
-    listener.setblocking(False)
+    listener = listen(host, port)
 
     def work(stop: list[int]) -> None:
         Worker(application, listener, threads=threads, largest_body=largest_body).run(stop)

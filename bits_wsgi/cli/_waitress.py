@@ -29,7 +29,7 @@ from waitress.server import TcpWSGIServer
 from waitress.task import WSGITask
 
 from ._tls import certificate_identity
-from ._workers import run_workers
+from ._workers import listen, run_workers
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -211,9 +211,7 @@ def serve(
     fragment over ``max_fragment_size`` gets its 413 Ack once it has arrived); waitress refuses
     a larger one and closes the connection, before it is stored anywhere. ``tls``: every
     connection speaks TLS in this context."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.create_server((host, port), family=family, backlog=2048)
-    listener.setblocking(False)
+    listener = listen(host, port)
     adjustments = Adjustments(
         threads=threads,
         connection_limit=1000,

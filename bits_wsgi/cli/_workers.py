@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,14 @@ log = logging.getLogger("bits_wsgi.serve")
 
 #: A worker's body: it serves until its argument is no longer empty (a stop signal came).
 Work = Callable[[list[int]], None]
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket the workers share (non-blocking: each accepts in its event loop)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.create_server((host, port), family=family, backlog=2048)
+    listener.setblocking(False)
+    return listener
 
 
 def run_workers(work: Work, count: int, graceful_timeout: float) -> None:
