@@ -210,9 +210,14 @@ def test_answers_without_a_length_are_chunked_or_end_the_connection(running: Any
     assert headers["connection"] == "close" and body == b"one two"
 
 
-def test_an_application_that_fails_gets_a_500_not_a_silent_close(running: Any) -> None:
+@pytest.mark.parametrize("error", [RuntimeError("broken"), PermissionError(13, "denied")])
+def test_an_application_that_fails_gets_a_500_not_a_silent_close(
+    running: Any, error: Exception
+) -> None:
+    """An OSError of the application's own (not the client's connection) is a failure too."""
+
     def failing(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
-        raise RuntimeError("broken")
+        raise error
 
     server = running(failing)
     sock = server.connect()

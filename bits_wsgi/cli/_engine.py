@@ -113,7 +113,9 @@ class Worker:
             elif sock is self.wake_reader:
                 self._take_returned()
             else:
-                self._read_head(self.waiting[sock])  # type: ignore[index]
+                connection = self.waiting.get(sock)  # type: ignore[call-overload]
+                if connection is not None:  # not closed by an earlier event of this turn
+                    self._read_head(connection)
 
     def _accept(self) -> None:
         for _ in range(64):
@@ -163,6 +165,8 @@ class Worker:
             self.selector.unregister(connection.sock)
             del self.waiting[connection.sock]
             self._send_error_and_close(connection, exc)
+            if len(self.waiting) + self.busy < self.connection_limit:
+                self._accept_again()
             return
         if head is None:
             return

@@ -28,7 +28,7 @@ log = logging.getLogger("bits_wsgi.serve")
 READ_MAX = 256 * 1024
 
 
-class TooSlow(OSError):
+class TooSlow(ConnectionError):
     """The body stopped arriving at the minimum rate: the connection is dropped unanswered."""
 
 
@@ -133,8 +133,8 @@ def run_request(
     grace: float,
     closing: Callable[[], bool],
 ) -> bool:
-    """Serve one request on its (now blocking) connection; True if the connection can take
-    another. ``closing()``: the server is stopping, so the answer closes the connection."""
+    """Serve one request on its connection; True if the connection can take another.
+    ``closing()``: the server is stopping, so the answer closes the connection."""
     connection = request.connection
     if request.content_length > largest_body:
         respond_error(connection, RequestError(413, f"a body of {request.content_length} bytes"))
@@ -180,7 +180,7 @@ def run_request(
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-    except OSError:  # the client left, or sent too slowly (TooSlow): nothing more to say
+    except (ConnectionError, TimeoutError):  # the client left, stopped reading, or was too slow
         if body.too_slow:
             log.info("dropped a slow connection from %s: %s", connection.host, body.too_slow)
         return False
