@@ -1,7 +1,7 @@
 """Soak test: many clients with random faults against `bits-wsgi serve`, for a set time.
 
     .venv/bin/python -m benchmarks.soak --minutes 10 [--clients 6]
-        [--server waitress|gunicorn|granian]
+        [--server builtin|waitress|gunicorn|granian]
         [--backend redis://HOST:PORT/DB --data-dir DIR|s3://BUCKET/PREFIX]
 
 With ``--backend``, the server keeps sessions in that Redis and the bytes in the shared
@@ -290,7 +290,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--clients", type=int, default=6)
-    parser.add_argument("--server", default="waitress", help="the engine serve runs on")
+    parser.add_argument("--server", default="builtin", help="the engine serve runs on")
     parser.add_argument("--kill-every", type=float, default=120, help="seconds between crashes")
     parser.add_argument("--backend", default=None, help="redis://HOST:PORT/DB")
     parser.add_argument(
