@@ -85,6 +85,7 @@ class Worker:
         self.wake_reader, self.wake_writer = socket.socketpair()
         self.wake_reader.setblocking(False)
         self.wake_writer.setblocking(False)
+        self.wake_closed = False
         self.requests: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self.stopping = False
         self.accepting = False
@@ -242,8 +243,10 @@ class Worker:
         for connection in list(self.waiting.values()):
             self._close(connection)
         self.selector.close()
-        self.wake_reader.close()
-        self.wake_writer.close()
+        with self.lock:
+            self.wake_closed = True
+            self.wake_reader.close()
+            self.wake_writer.close()
 
     # --- the threads ----------------------------------------------------------------------
 
@@ -265,10 +268,13 @@ class Worker:
             if not keep:
                 connection.close()
             with self.lock:
+                # Under the lock: the loop may close the wake-up pipe as soon as it has taken
+                # the last connection back, which can be before this thread gets to send.
                 self.returned.append(connection)
-            # A full wake-up pipe means the loop has wake-ups waiting already.
-            with contextlib.suppress(BlockingIOError, InterruptedError):
-                self.wake_writer.send(b"\0")
+                if not self.wake_closed:
+                    # A full wake-up pipe means the loop has wake-ups waiting already.
+                    with contextlib.suppress(BlockingIOError, InterruptedError):
+                        self.wake_writer.send(b"\0")
 
     def _serve(self, request: Request) -> bool:
         """Run one request; whether its connection can take another."""
