@@ -315,3 +315,39 @@ def test_a_stop_lets_the_request_in_flight_finish_and_closes_idle_connections(
     assert (body, headers["connection"]) == (b"half", "close")
     server.thread.join(10)
     assert not server.thread.is_alive()
+
+
+def test_a_read_holds_what_has_arrived_not_the_most_a_read_may_take() -> None:
+    """A slow client's read allocates the few bytes it brought: a thousand of them waiting
+    must not each hold READ_MAX (256 KiB)."""
+    import tracemalloc
+
+    from bits_wsgi.cli._http import Connection, Request
+    from bits_wsgi.cli._wsgi_request import READ_MAX, Body
+
+    server_side, client_side = socket.socketpair()
+    with server_side, client_side:
+        server_side.setblocking(False)
+        connection = Connection(server_side, ("127.0.0.1", 1))
+        request = Request(
+            connection=connection,
+            method="BITS_POST",
+            target="/",
+            version="HTTP/1.1",
+            headers=[],
+            content_length=1 << 20,
+            keep_alive=True,
+            expect_continue=False,
+            started=time.monotonic(),
+            head_bytes=100,
+        )
+        body = Body(request, min_rate=240, grace=10.0)
+        client_side.sendall(b"x" * 10)
+        tracemalloc.start()
+        try:
+            data = body.read(1 << 20)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert data == b"x" * 10
+    assert peak < READ_MAX // 4, f"a 10-byte read held {peak} bytes"
